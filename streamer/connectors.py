@@ -1,0 +1,37 @@
+"""The built-in connector table: type name -> ``module:Class``.
+
+Modules are imported only when a pipeline names them (or when ``streamer schema``
+needs every spec).
+"""
+
+from __future__ import annotations
+
+from streamer.core.catalog import Catalog
+
+BUILTIN: dict[str, dict[str, str]] = {
+    "input": {
+        "http": "streamer.inputs.http:HttpInput",
+        "file": "streamer.inputs.file:FileInput",
+        "stdin": "streamer.inputs.stdin:StdinInput",
+    },
+    "processor": {
+        "decode": "streamer.processors.decode:Decode",
+        "validate": "streamer.processors.validate:Validate",
+        "annotate": "streamer.processors.annotate:Annotate",
+    },
+    "sink": {
+        "stdout": "streamer.sinks.stdout:StdoutSink",
+        "file": "streamer.sinks.file:FileSink",
+        "blackhole": "streamer.sinks.blackhole:BlackholeSink",
+    },
+    "repository": {
+        "file": "streamer.registry.file:FileRepository",
+    },
+    "route": {
+        "self_describing": "streamer.protocols.self_describing:SelfDescribingRoute",
+    },
+}
+
+
+def default_catalog() -> Catalog:
+    return Catalog(BUILTIN)

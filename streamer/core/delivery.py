@@ -1,0 +1,68 @@
+"""Acknowledgement: how an input learns that its data is safe.
+
+One :class:`Delivery` stands for one unit an input answers for: an HTTP request
+(however many events it carried), a Kafka record, a CDC transaction. The router
+adds one pending copy per *required* sink that receives part of the unit; each
+sink worker settles the delivery once after its batch is durably written, or
+fails it. The input waits, then answers 200 / commits / advances, or 5xx /
+does not commit.
+
+Cost is O(1) per unit, never per event.
+"""
+
+from __future__ import annotations
+
+import anyio
+
+__all__ = ["Delivery", "DeliveryFailed"]
+
+
+class DeliveryFailed(Exception):
+    """A required sink could not write part of the unit."""
+
+    def __init__(self, sink: str, cause: BaseException) -> None:
+        super().__init__(f"sink {sink!r} failed to write: {cause}")
+        self.sink = sink
+        self.cause = cause
+
+
+class Delivery:
+    """Counts the copies still owed by required sinks for one input unit."""
+
+    __slots__ = ("_done", "failure", "pending")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.failure: DeliveryFailed | None = None
+        self._done = anyio.Event()
+
+    def expect(self, copies: int) -> None:
+        """Called by the router before it hands copies to sinks."""
+        self.pending += copies
+
+    def seal(self) -> None:
+        """Called by the router when it has sent every copy; a unit owing nothing is done."""
+        if self.pending == 0:
+            self._done.set()
+
+    def settle(self) -> None:
+        """One required copy is durably written."""
+        self.pending -= 1
+        if self.pending <= 0:
+            self._done.set()
+
+    def fail(self, failure: DeliveryFailed) -> None:
+        """A required copy was not written; the first failure wins."""
+        if self.failure is None:
+            self.failure = failure
+        self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    async def wait(self) -> None:
+        """Wait until every required copy is written; raise :class:`DeliveryFailed` if one was not."""
+        await self._done.wait()
+        if self.failure is not None:
+            raise self.failure

@@ -1,0 +1,136 @@
+"""The envelope: one msgspec struct that every event travels in, whatever its input.
+
+Every field is documented in ``docs/envelope.md``. Envelopes are mutable on
+purpose: processors annotate them in place instead of copying per event.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "Envelope",
+    "ErrorDetail",
+    "SelfDescribing",
+    "Source",
+    "new_event_id",
+    "utc_now",
+]
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Why an event is invalid: where, which rule, and a sentence for people."""
+
+    path: str = "$"
+    """JSON path of the offending value inside the payload (``$`` is the root)."""
+    keyword: str
+    """The JSON Schema keyword that failed, or a streamer error kind such as ``decode``."""
+    message: str
+    schema: str | None = None
+    """The schema URI that was checked, when the error is about a context or an envelope part."""
+
+
+class SelfDescribing(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A self-describing JSON value: a schema URI and the data it describes."""
+
+    schema: str
+    data: Any
+
+
+class Source(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Where an event came from."""
+
+    input: str
+    """Name of the pipeline input that produced the event."""
+    client_ip: str | None = None
+    user_agent: str | None = None
+    headers: dict[str, str] | None = None
+    """Request headers, minus Cookie, Authorization and any configured deny-list."""
+    metadata: dict[str, Any] | None = None
+    """Input-specific facts: Kafka topic/partition/offset, CDC LSN, CloudEvents attributes, ..."""
+
+
+class Envelope(msgspec.Struct, kw_only=True):
+    """One event and everything streamer knows about it."""
+
+    id: str
+    collector_tstamp: datetime
+    source: Source
+    protocol: str
+    """How the event arrived: ``self_describing``, ``snowplow``, ``cloudevents``, ``raw``, ..."""
+    payload: Any = None
+    """The event's data. ``bytes`` until the decode processor has parsed a raw input line."""
+    schema: str | None = None
+    """Iglu URI, ``iglu:vendor/name/format/M-R-A``."""
+    schema_vendor: str | None = None
+    schema_name: str | None = None
+    schema_format: str | None = None
+    schema_version: str | None = None
+    event_tstamp: datetime | None = None
+    contexts: list[SelfDescribing] | None = None
+    valid: bool = True
+    errors: list[ErrorDetail] | None = None
+    tags: dict[str, str] | None = None
+
+    def fail(self, error: ErrorDetail) -> None:
+        """Mark invalid, keeping every error already recorded."""
+        self.valid = False
+        if self.errors is None:
+            self.errors = [error]
+        else:
+            self.errors.append(error)
+
+
+_IGLU = re.compile(r"iglu:([^/]+)/([^/]+)/([^/]+)/([^/]+)")
+
+
+def set_schema(envelope: Envelope, uri: str) -> None:
+    """Set the schema URI and its parts (parts stay empty when the URI is not Iglu form)."""
+    envelope.schema = uri
+    match = _IGLU.fullmatch(uri)
+    if match is not None:
+        (
+            envelope.schema_vendor,
+            envelope.schema_name,
+            envelope.schema_format,
+            envelope.schema_version,
+        ) = match.groups()
+
+
+class _IdPool:
+    """Random UUIDv4 strings from one buffered ``os.urandom`` block.
+
+    ``str(uuid.uuid4())`` costs ~6 us; slicing a prefetched block costs ~0.5 us.
+    """
+
+    __slots__ = ("_block", "_offset")
+    _BLOCK = 65536
+
+    def __init__(self) -> None:
+        self._block = b""
+        self._offset = self._BLOCK
+
+    def next(self) -> str:
+        offset = self._offset
+        if offset >= len(self._block):
+            self._block = os.urandom(self._BLOCK)
+            offset = 0
+        self._offset = offset + 16
+        raw = bytearray(self._block[offset : offset + 16])
+        raw[6] = (raw[6] & 0x0F) | 0x40
+        raw[8] = (raw[8] & 0x3F) | 0x80
+        h = raw.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+new_event_id = _IdPool().next
+"""Return a new random UUIDv4 string."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

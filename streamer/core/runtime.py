@@ -1,0 +1,286 @@
+"""The running pipeline: inline processors, a router, one batching worker per sink.
+
+::
+
+    input task: submit(envelopes) -> processors (inline) -> router ==> [bounded buffer] -> sink worker
+                      ^                                                                   |
+                      '------------------ Delivery settled after the write --------------'
+
+The only buffers are the bounded streams in front of the sinks; when one is
+full, ``submit`` waits, and so does the input (backpressure). Draining: on
+SIGTERM/SIGINT (or :meth:`Pipeline.stop`) ``context.stopping`` is set, inputs
+stop accepting and return once their in-flight units are settled, then the sink
+streams close and every worker writes what it holds. All of it must finish within
+``runtime.shutdown_timeout``; a second signal cancels at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from streamer.core.components import Batch, Context, DeliverySpec, Input, Processor, Sink
+from streamer.core.delivery import Delivery, DeliveryFailed
+from streamer.core.envelope import Envelope
+from streamer.core.registry import SchemaResolver
+
+__all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TIMEOUT", "Pipeline", "SinkWorker"]
+
+log = logging.getLogger("streamer")
+
+EXIT_OK = 0
+EXIT_TIMEOUT = 1
+EXIT_INTERRUPTED = 130
+
+Item = tuple[list[Envelope], Delivery | None]
+
+_MAX_BACKOFF = 30.0
+
+
+class SinkWorker:
+    """Feeds one sink: gathers units into batches, writes, retries, settles deliveries."""
+
+    def __init__(self, sink: Sink, route: str, delivery: DeliverySpec) -> None:
+        self.sink = sink
+        self.name = sink.name
+        self.route = route
+        self.required = delivery.required
+        self.settings = delivery
+        send, receive = anyio.create_memory_object_stream[Item](delivery.buffer)
+        self.send_stream: MemoryObjectSendStream[Item] = send
+        self._receive: MemoryObjectReceiveStream[Item] = receive
+        self._encode = msgspec.json.Encoder().encode
+        self.written = 0
+        self.failed = 0
+        self.dropped = 0
+
+    async def run(self) -> None:
+        """Write batches until the send side is closed and everything received is written."""
+        receive = self._receive
+        settings = self.settings
+        async with receive:
+            while True:
+                batch = Batch()
+                deliveries: list[Delivery] = []
+                try:
+                    self._add(batch, deliveries, await receive.receive())
+                except anyio.EndOfStream:
+                    return
+                closed = False
+                deadline = anyio.current_time() + settings.linger
+                while len(batch) < settings.batch_size and batch.nbytes < settings.batch_bytes:
+                    try:
+                        item = receive.receive_nowait()
+                    except anyio.WouldBlock:
+                        remaining = deadline - anyio.current_time()
+                        if remaining <= 0:
+                            break
+                        item = None
+                        with anyio.move_on_after(remaining):
+                            try:
+                                item = await receive.receive()
+                            except anyio.EndOfStream:
+                                closed = True
+                        if item is None:
+                            break
+                    except anyio.EndOfStream:
+                        closed = True
+                        break
+                    self._add(batch, deliveries, item)
+                await self._write(batch, deliveries)
+                if closed:
+                    return
+
+    def _add(self, batch: Batch, deliveries: list[Delivery], item: Item) -> None:
+        envelopes, delivery = item
+        encode = self._encode
+        for envelope in envelopes:
+            line = encode(envelope)
+            batch.envelopes.append(envelope)
+            batch.lines.append(line)
+            batch.nbytes += len(line) + 1
+        if delivery is not None:
+            deliveries.append(delivery)
+
+    async def _write(self, batch: Batch, deliveries: list[Delivery]) -> None:
+        backoff = self.settings.retry_backoff
+        attempt = 0
+        while True:
+            try:
+                await self.sink.write(batch)
+            except Exception as exc:
+                if attempt < self.settings.retries:
+                    attempt += 1
+                    log.warning(
+                        "sink write failed, retrying sink=%s attempt=%d events=%d error=%r",
+                        self.name, attempt, len(batch), exc,
+                    )
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF)
+                    continue
+                if self.required:
+                    self.failed += len(batch)
+                    failure = DeliveryFailed(self.name, exc)
+                    for delivery in deliveries:
+                        delivery.fail(failure)
+                else:
+                    self.dropped += len(batch)
+                log.error(
+                    "sink write failed, giving up on batch sink=%s required=%s events=%d error=%r",
+                    self.name, self.required, len(batch), exc,
+                )
+                return
+            self.written += len(batch)
+            for delivery in deliveries:
+                delivery.settle()
+            return
+
+
+class Pipeline:
+    """A compiled pipeline, ready to run on the current anyio backend."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        context: Context,
+        resolver: SchemaResolver,
+        inputs: list[Input],
+        processors: list[Processor],
+        workers: list[SinkWorker],
+        shutdown_timeout: float,
+    ) -> None:
+        self.name = name
+        self.context = context
+        self.resolver = resolver
+        self.inputs = inputs
+        self.processors = processors
+        self.workers = workers
+        self.shutdown_timeout = shutdown_timeout
+        self._valid = [w for w in workers if w.route == "valid"]
+        self._invalid = [w for w in workers if w.route == "invalid"]
+        self._all = [w for w in workers if w.route == "all"]
+        self._scope: anyio.CancelScope | None = None
+        self.exit_code = EXIT_OK
+
+    async def submit(self, envelopes: list[Envelope]) -> Delivery:
+        """Process one input unit inline and hand it to the sinks; waits while sink buffers are full."""
+        for processor in self.processors:
+            envelopes = await processor.process(envelopes)
+        delivery = Delivery()
+        if not envelopes:
+            delivery.seal()
+            return delivery
+        valid = [e for e in envelopes if e.valid] if self._valid or self._invalid else envelopes
+        if len(valid) == len(envelopes):
+            valid, invalid = envelopes, []
+        else:
+            invalid = [e for e in envelopes if not e.valid]
+        copies: list[tuple[SinkWorker, list[Envelope]]] = []
+        if valid:
+            copies.extend((w, valid) for w in self._valid)
+        if invalid:
+            copies.extend((w, invalid) for w in self._invalid)
+        copies.extend((w, envelopes) for w in self._all)
+        # Count every required copy before sending any, so an early settle cannot finish the unit.
+        delivery.expect(sum(1 for w, _ in copies if w.required))
+        delivery.seal()
+        for worker, part in copies:
+            await worker.send_stream.send((part, delivery if worker.required else None))
+        return delivery
+
+    def stop(self) -> None:
+        """Begin draining: inputs stop accepting; the whole drain must fit in ``shutdown_timeout``."""
+        if self.context.stopping.is_set():
+            return
+        log.info("draining pipeline=%s timeout=%ss", self.name, self.shutdown_timeout)
+        self.context.stopping.set()
+        if self._scope is not None:
+            self._scope.deadline = min(self._scope.deadline, anyio.current_time() + self.shutdown_timeout)
+
+    def kill(self) -> None:
+        """Stop at once, without draining."""
+        self.exit_code = EXIT_INTERRUPTED
+        self.context.stopping.set()
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _watch_signals(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for signum in signals:
+                if self.context.stopping.is_set():
+                    log.warning("second signal, exiting without draining signal=%s", signal.Signals(signum).name)
+                    self.kill()
+                    return
+                log.info("signal received signal=%s", signal.Signals(signum).name)
+                self.stop()
+
+    async def run(self, *, handle_signals: bool = False, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> int:
+        """Open sinks, run inputs until they end or a stop, drain, close; return the exit code."""
+        await self.resolver.open()
+        opened: list[Sink] = []
+        try:
+            for worker in self.workers:
+                await worker.sink.open()
+                opened.append(worker.sink)
+            self.context.ready.set()
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                async with anyio.create_task_group() as watchers:
+                    if handle_signals:
+                        await watchers.start(self._watch_signals)
+                    async with anyio.create_task_group() as sink_tasks:
+                        for worker in self.workers:
+                            sink_tasks.start_soon(worker.run)
+                        async with anyio.create_task_group() as input_tasks:
+                            for pipeline_input in self.inputs:
+                                await input_tasks.start(pipeline_input.run, self.submit)
+                            log.info(
+                                "pipeline started pipeline=%s backend=%s inputs=%s sinks=%s",
+                                self.name, self.context.backend,
+                                ",".join(i.name for i in self.inputs), ",".join(w.name for w in self.workers),
+                            )
+                            task_status.started()
+                        # Every input has returned: nothing more will be submitted.
+                        self.context.stopping.set()
+                        for worker in self.workers:
+                            await worker.send_stream.aclose()
+                    watchers.cancel_scope.cancel()
+            if scope.cancelled_caught and self.exit_code == EXIT_OK:
+                self.exit_code = EXIT_TIMEOUT
+                log.error("shutdown timed out pipeline=%s; in-flight events may be unwritten", self.name)
+        finally:
+            self.context.ready = anyio.Event()
+            with anyio.CancelScope(shield=True):
+                for sink in opened:
+                    try:
+                        await sink.aclose()
+                    except Exception as exc:
+                        log.error("sink close failed sink=%s error=%r", sink.name, exc)
+                await self.resolver.aclose()
+        log.info(
+            "pipeline stopped pipeline=%s exit=%d %s",
+            self.name, self.exit_code,
+            " ".join(f"{w.name}.written={w.written}" for w in self.workers),
+        )
+        return self.exit_code
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            w.name: {
+                "written": w.written,
+                "failed": w.failed,
+                "dropped": w.dropped,
+                "buffered": w.send_stream.statistics().current_buffer_used,
+            }
+            for w in self.workers
+        }
+
+

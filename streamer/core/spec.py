@@ -1,0 +1,246 @@
+"""The pipeline spec: msgspec structs for the parts of a pipeline file that are not connectors.
+
+Connector configs are tagged unions on ``type`` whose members come from the
+catalog, so a file is read in two steps: the frame below with each connector
+left as a mapping, then each connector converted to its own ``Spec`` (only the
+connectors a pipeline names are imported). ``pipeline_schema`` builds the full
+config JSON Schema from the same structs, with every registered connector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Union
+
+import msgspec
+
+from streamer.core.catalog import Catalog, Kind, UnknownConnector
+from streamer.core.config import ConfigError, Document, PathT, Problem, convert, dotted
+
+__all__ = ["CacheSpec", "CompiledSpec", "RegistrySpec", "RuntimeSpec", "compile_document", "pipeline_schema"]
+
+Connector = dict[str, Any]
+
+
+class RuntimeSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Process-wide settings."""
+
+    shutdown_timeout: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            description="Seconds allowed after SIGTERM/SIGINT to finish in-flight work and flush sinks.",
+        ),
+    ] = 30.0
+
+
+class CacheSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The compiled-validator cache in front of the repositories."""
+
+    max_entries: Annotated[int, msgspec.Meta(ge=1, description="Schemas kept compiled at most.")] = 10_000
+    ttl: Annotated[
+        float, msgspec.Meta(ge=0, description="Seconds a schema stays cached; 0 keeps it until purged.")
+    ] = 0.0
+    negative_ttl: Annotated[
+        float,
+        msgspec.Meta(ge=0, description="Seconds a schema that could not be resolved is remembered as missing."),
+    ] = 5.0
+
+
+def _default_processors() -> list[Connector]:
+    return [{"type": "decode"}, {"type": "validate"}, {"type": "annotate"}]
+
+
+def _frame(input_t: Any, processor_t: Any, sink_t: Any, repository_t: Any) -> tuple[type, type]:
+    """The root struct, with connector slots typed as given (mappings, or unions of specs)."""
+    registry = msgspec.defstruct(
+        "Registry",
+        [
+            ("cache", Annotated[CacheSpec, msgspec.Meta(description="Validator cache.")],
+             msgspec.field(default_factory=CacheSpec)),
+            (
+                "repositories",
+                Annotated[
+                    list[repository_t],
+                    msgspec.Meta(description="Where schemas come from, asked in Iglu resolver order."),
+                ],
+                msgspec.field(default_factory=list),
+            ),
+        ],
+        kw_only=True,
+        forbid_unknown_fields=True,
+    )
+    registry.__doc__ = "Schema registries and their cache."
+    root = msgspec.defstruct(
+        "Pipeline",
+        [
+            ("name", Annotated[str, msgspec.Meta(description="Shown in logs and metrics.")], "pipeline"),
+            ("runtime", RuntimeSpec, msgspec.field(default_factory=RuntimeSpec)),
+            (
+                "inputs",
+                Annotated[dict[str, input_t], msgspec.Meta(description="Named inputs; at least one.")],
+            ),
+            (
+                "processors",
+                Annotated[
+                    list[processor_t],
+                    msgspec.Meta(description="Steps run in order on every event; default: decode, validate, annotate."),
+                ],
+                msgspec.field(default_factory=_default_processors),
+            ),
+            ("registry", registry, msgspec.field(default_factory=registry)),
+            (
+                "sinks",
+                Annotated[
+                    dict[str, sink_t],
+                    msgspec.Meta(description="Named sinks; each event goes to every sink whose route matches."),
+                ],
+            ),
+        ],
+        kw_only=True,
+        forbid_unknown_fields=True,
+    )
+    root.__doc__ = "A streamer pipeline: inputs -> processors -> named sinks."
+    return root, registry
+
+
+_Frame, _RegistryFrame = _frame(Connector, Connector, Connector, Connector)
+
+
+@dataclass
+class Component:
+    name: str
+    cls: Any
+    spec: Any
+    path: PathT
+    children: dict[str, list[Component]] = field(default_factory=dict)
+    """Nested connectors a spec declares in ``__nested__`` (an HTTP input's routes)."""
+
+
+@dataclass
+class CompiledSpec:
+    """A checked pipeline: every connector resolved to its class and converted spec."""
+
+    document: Document
+    name: str
+    runtime: RuntimeSpec
+    cache: CacheSpec
+    inputs: list[Component]
+    processors: list[Component]
+    repositories: list[Component]
+    sinks: list[Component]
+
+    def all_components(self) -> list[Component]:
+        return [*self.inputs, *self.processors, *self.repositories, *self.sinks]
+
+
+def _connector(
+    document: Document, catalog: Catalog, kind: Kind, name: str, raw: Any, path: PathT
+) -> Component:
+    if not isinstance(raw, dict):
+        raise ConfigError([document.problem(path, f"{dotted(path)} must be a mapping with a `type` key")])
+    type_name = raw.get("type")
+    if not isinstance(type_name, str):
+        known = ", ".join(catalog.names(kind))
+        raise ConfigError(
+            [document.problem(path, f"{dotted(path)} needs `type: <{kind} type>` (one of: {known})")]
+        )
+    try:
+        cls = catalog.load(kind, type_name)
+    except UnknownConnector as exc:
+        raise ConfigError([document.problem((*path, "type"), str(exc))]) from None
+    spec = convert(document, path, raw, cls.Spec)
+    problems: list[Problem] = []
+    check = getattr(spec, "check", None)
+    if check is not None:
+        problems.extend(document.problem((*path, *where), message) for where, message in check())
+    children: dict[str, list[Component]] = {}
+    for field_name, child_kind in getattr(cls.Spec, "__nested__", {}).items():
+        children[field_name] = []
+        for index, child in enumerate(getattr(spec, field_name)):
+            child_path = (*path, field_name, index)
+            try:
+                children[field_name].append(
+                    _connector(document, catalog, child_kind, str(index), child, child_path)
+                )
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return Component(name, cls, spec, path, children)
+
+
+def compile_document(document: Document, catalog: Catalog) -> CompiledSpec:
+    """Check a whole pipeline; raise one :class:`ConfigError` listing every problem found."""
+    frame: Any = convert(document, (), document.data if document.data is not None else {}, _Frame)
+    problems: list[Problem] = []
+
+    def each(kind: Kind, entries: list[tuple[str, Any, PathT]]) -> list[Component]:
+        out = []
+        for name, raw, path in entries:
+            try:
+                out.append(_connector(document, catalog, kind, name, raw, path))
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        return out
+
+    inputs = each("input", [(n, raw, ("inputs", n)) for n, raw in frame.inputs.items()])
+    processors = each(
+        "processor", [(str(i), raw, ("processors", i)) for i, raw in enumerate(frame.processors)]
+    )
+    repositories = each(
+        "repository",
+        [(str(i), raw, ("registry", "repositories", i)) for i, raw in enumerate(frame.registry.repositories)],
+    )
+    sinks = each("sink", [(n, raw, ("sinks", n)) for n, raw in frame.sinks.items()])
+    if not frame.inputs:
+        problems.append(document.problem(("inputs",), "`inputs` is empty; name at least one input"))
+    if not frame.sinks:
+        problems.append(document.problem(("sinks",), "`sinks` is empty; name at least one sink"))
+    if problems:
+        raise ConfigError(problems)
+    return CompiledSpec(
+        document=document,
+        name=frame.name,
+        runtime=frame.runtime,
+        cache=frame.registry.cache,
+        inputs=inputs,
+        processors=processors,
+        repositories=repositories,
+        sinks=sinks,
+    )
+
+
+def pipeline_schema(catalog: Catalog) -> dict[str, Any]:
+    """The config JSON Schema, generated from every registered connector's spec."""
+
+    def union(kind: Kind) -> Any:
+        specs = tuple(with_nested(cls.Spec) for cls in catalog.load_all(kind))
+        return Union[specs] if len(specs) > 1 else specs[0]  # noqa: UP007 - built at run time
+
+    def with_nested(spec: Any) -> Any:
+        nested = getattr(spec, "__nested__", {})
+        if not nested:
+            return spec
+        # Re-declare the nested fields with the union of their connectors' specs.
+        described = {f.name: f for f in msgspec.inspect.type_info(spec).fields}
+        fields = []
+        for name, kind in nested.items():
+            meta = msgspec.Meta(description=_field_description(described[name]))
+            fields.append((name, Annotated[list[union(kind)], meta], msgspec.field(default_factory=list)))
+        config = spec.__struct_config__
+        return msgspec.defstruct(
+            spec.__name__, fields, bases=(spec,), tag=config.tag, module=spec.__module__
+        )
+
+    root, _ = _frame(union("input"), union("processor"), union("sink"), union("repository"))
+    schema = msgspec.json.schema(root)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "streamer pipeline"
+    return schema
+
+
+def _field_description(info: Any) -> str | None:
+    if isinstance(info.type, msgspec.inspect.Metadata):
+        return (info.type.extra_json_schema or {}).get("description")
+    return None

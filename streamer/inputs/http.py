@@ -1,0 +1,192 @@
+"""HTTP input: the collector endpoint.
+
+Serves the routes its config lists (each a protocol connector from
+``streamer/protocols``) plus ``GET /health`` (liveness: 200 while the process
+runs) and ``GET /ready`` (200 once every sink is open, 503 before and during
+drain). A request is answered only after every required sink holds its events;
+if that takes longer than ``request_timeout`` the client gets 503 with
+``Retry-After``, and a failed required sink gives 500.
+
+Example::
+
+    inputs:
+      web:
+        type: http
+        host: 0.0.0.0
+        port: 8080
+        routes:
+          - type: self_describing
+            path: /events
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, ClassVar
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+
+from streamer.core.components import Context, Input, InputSpec, Submit
+from streamer.core.delivery import DeliveryFailed
+from streamer.core.envelope import Envelope, Source
+from streamer.http.messages import Request, Response, error_response, json_response
+from streamer.http.routes import Handler, Ingest, Route
+from streamer.http.server import HttpServer, Limits
+
+__all__ = ["HttpInput", "HttpInputSpec"]
+
+log = logging.getLogger("streamer.http")
+
+_ALWAYS_DROPPED = frozenset({"cookie", "authorization", "proxy-authorization"})
+
+
+class HttpInputSpec(InputSpec, tag="http", kw_only=True):
+    """An HTTP/1.1 collector endpoint."""
+
+    __nested__: ClassVar[dict[str, str]] = {"routes": "route"}
+
+    host: Annotated[str, msgspec.Meta(description="Address to listen on.", examples=["0.0.0.0"])] = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535, description="TCP port; 0 picks a free one.")] = 8080
+    routes: Annotated[
+        list[dict[str, Any]],
+        msgspec.Meta(description="Protocols served, each with its paths."),
+    ] = msgspec.field(default_factory=lambda: [{"type": "self_describing"}])
+    request_timeout: Annotated[
+        float,
+        msgspec.Meta(gt=0, description="Seconds a request may wait for its events to be written before a 503."),
+    ] = 10.0
+    retry_after: Annotated[
+        int, msgspec.Meta(ge=0, description="Seconds advised in the Retry-After header of a 503.")
+    ] = 1
+    max_body_bytes: Annotated[
+        int, msgspec.Meta(ge=1, description="Largest request body accepted, after decompression (else 413).")
+    ] = 1_048_576
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=256, description="Largest request head accepted.")] = 65_536
+    header_timeout: Annotated[
+        float, msgspec.Meta(gt=0, description="Seconds a client has to send the request head.")
+    ] = 10.0
+    body_timeout: Annotated[float, msgspec.Meta(gt=0, description="Seconds a client has to send the body.")] = 30.0
+    idle_timeout: Annotated[
+        float, msgspec.Meta(gt=0, description="Seconds a keep-alive connection may sit idle.")
+    ] = 60.0
+    keep_headers: Annotated[
+        bool, msgspec.Meta(description="Record request headers in the envelope's source.")
+    ] = True
+    drop_headers: Annotated[
+        list[str],
+        msgspec.Meta(
+            description="Headers never recorded, besides Cookie and Authorization, which are always dropped.",
+            examples=[["x-api-key"]],
+        ),
+    ] = msgspec.field(default_factory=list)
+
+
+class HttpInput(Input, Ingest):
+    Spec = HttpInputSpec
+    spec: HttpInputSpec
+
+    def __init__(
+        self, name: str, spec: HttpInputSpec, context: Context, children: dict[str, list[Any]] | None = None
+    ) -> None:
+        super().__init__(name, spec, context)
+        self.input_name = name
+        self._drop = _ALWAYS_DROPPED | {h.lower() for h in spec.drop_headers}
+        self._exact: dict[str, dict[str, Handler]] = {}
+        self._prefixes: list[tuple[str, dict[str, Handler]]] = []
+        self._add("GET", "/health", self._health)
+        self._add("GET", "/ready", self._ready)
+        routes: list[Route] = (children or {}).get("routes", [])
+        for route in routes:
+            for method, path, handler in route.endpoints():
+                self._add(method, path, handler)
+        self._submit: Submit | None = None
+        self.server: HttpServer | None = None
+
+    def _add(self, method: str, path: str, handler: Handler) -> None:
+        if path.endswith("/*"):
+            prefix = path[:-1]
+            for known, methods in self._prefixes:
+                if known == prefix:
+                    methods[method] = handler
+                    return
+            self._prefixes.append((prefix, {method: handler}))
+            self._prefixes.sort(key=lambda p: -len(p[0]))
+        else:
+            self._exact.setdefault(path, {})[method] = handler
+
+    async def run(self, submit: Submit, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._submit = submit
+        spec = self.spec
+        limits = Limits(
+            max_body_bytes=spec.max_body_bytes,
+            max_header_bytes=spec.max_header_bytes,
+            header_timeout=spec.header_timeout,
+            body_timeout=spec.body_timeout,
+            idle_timeout=spec.idle_timeout,
+        )
+        self.server = HttpServer(self._dispatch, spec.host, spec.port, limits, self.context.stopping)
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.server.serve)
+            task_status.started()
+
+    async def _dispatch(self, request: Request) -> Response:
+        methods = self._exact.get(request.path)
+        if methods is None:
+            for prefix, candidates in self._prefixes:
+                if request.path.startswith(prefix):
+                    methods = candidates
+                    break
+            else:
+                return error_response(404, "not_found", f"no route for {request.path}")
+        handler = methods.get(request.method)
+        if handler is None:
+            allowed = ", ".join(sorted(methods))
+            return error_response(
+                405, "method_not_allowed", f"{request.method} is not allowed on {request.path}; use {allowed}",
+            )
+        return await handler(request, self)
+
+    async def _health(self, request: Request, ingest: Ingest) -> Response:
+        return json_response(200, {"status": "ok"})
+
+    async def _ready(self, request: Request, ingest: Ingest) -> Response:
+        context = self.context
+        if context.stopping.is_set():
+            return json_response(503, {"status": "draining"})
+        if not context.ready.is_set():
+            return json_response(503, {"status": "starting"})
+        return json_response(200, {"status": "ready"})
+
+    # Ingest
+
+    def source(self, request: Request) -> Source:
+        headers = request.headers
+        kept = None
+        if self.spec.keep_headers:
+            drop = self._drop
+            kept = {k: v for k, v in headers.items() if k not in drop}
+        return Source(
+            input=self.name,
+            client_ip=request.client[0],
+            user_agent=headers.get("user-agent"),
+            headers=kept,
+        )
+
+    async def deliver(self, envelopes: list[Envelope]) -> Response | None:
+        assert self._submit is not None
+        try:
+            with anyio.fail_after(self.spec.request_timeout):
+                delivery = await self._submit(envelopes)
+                await delivery.wait()
+        except TimeoutError:
+            return error_response(
+                503,
+                "timeout",
+                f"the events were not written within {self.spec.request_timeout}s; retry later",
+                headers=[("retry-after", str(self.spec.retry_after))],
+            )
+        except DeliveryFailed as exc:
+            return error_response(500, "sink_failed", str(exc))
+        return None

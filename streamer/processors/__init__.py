@@ -1,0 +1,1 @@
+"""Processors: steps run inline, in order, over each input unit's envelopes."""

@@ -1,0 +1,1 @@
+"""HTTP protocols: one route connector per module."""

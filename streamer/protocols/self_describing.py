@@ -1,0 +1,112 @@
+"""Self-describing JSON over HTTP: ``{"schema": "iglu:...", "data": {...}}``, one object or an array.
+
+Example::
+
+    routes:
+      - type: self_describing
+        path: /events
+
+A body that is not JSON gets 400. An item that is JSON but not self-describing
+is kept: it goes to the invalid route with an error saying what is missing. The
+response is ``200 {"received": n, "invalid": k}`` once every required sink holds
+the events.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from streamer.core.envelope import Envelope, ErrorDetail, SelfDescribing, new_event_id, set_schema, utc_now
+from streamer.http.messages import Request, Response, error_response, json_response
+from streamer.http.routes import Handler, Ingest, Route, RouteSpec
+
+__all__ = ["SelfDescribingRoute", "SelfDescribingSpec", "envelopes_from_items"]
+
+
+class SelfDescribingSpec(RouteSpec, tag="self_describing", kw_only=True):
+    """Self-describing JSON events posted as one object or an array of objects."""
+
+    path: Annotated[str, msgspec.Meta(description="Path that accepts POSTs.", pattern="^/")] = "/events"
+    schema_key: Annotated[str, msgspec.Meta(description="Key holding the schema URI.")] = "schema"
+    data_key: Annotated[str, msgspec.Meta(description="Key holding the event data.")] = "data"
+    contexts_key: Annotated[
+        str, msgspec.Meta(description="Key holding a list of self-describing contexts (optional in each event).")
+    ] = "contexts"
+
+
+_decode = msgspec.json.Decoder().decode
+_PROTOCOL = "self_describing"
+
+
+def envelopes_from_items(
+    items: list[Any], source: Any, spec: SelfDescribingSpec, protocol: str = _PROTOCOL
+) -> list[Envelope]:
+    """One envelope per item; an item that is not self-describing becomes an invalid envelope."""
+    now = utc_now()
+    schema_key, data_key, contexts_key = spec.schema_key, spec.data_key, spec.contexts_key
+    out = []
+    for item in items:
+        envelope = Envelope(id=new_event_id(), collector_tstamp=now, source=source, protocol=protocol)
+        schema = item.get(schema_key) if isinstance(item, dict) else None
+        if not isinstance(schema, str) or data_key not in item:
+            envelope.payload = item
+            envelope.fail(
+                ErrorDetail(
+                    keyword="self_describing",
+                    message=f"expected an object with a string `{schema_key}` and a `{data_key}`",
+                )
+            )
+        else:
+            set_schema(envelope, schema)
+            envelope.payload = item[data_key]
+            contexts = item.get(contexts_key)
+            if contexts is not None:
+                envelope.contexts = _contexts(envelope, contexts)
+        out.append(envelope)
+    return out
+
+
+def _contexts(envelope: Envelope, raw: Any) -> list[SelfDescribing] | None:
+    if not isinstance(raw, list):
+        envelope.fail(ErrorDetail(path="$.contexts", keyword="contexts", message="contexts must be a list"))
+        return None
+    contexts = []
+    for index, item in enumerate(raw):
+        if isinstance(item, dict) and isinstance(item.get("schema"), str) and "data" in item:
+            contexts.append(SelfDescribing(schema=item["schema"], data=item["data"]))
+        else:
+            envelope.fail(
+                ErrorDetail(
+                    path=f"$.contexts[{index}]",
+                    keyword="contexts",
+                    message="a context must be an object with a string `schema` and a `data`",
+                )
+            )
+    return contexts
+
+
+class SelfDescribingRoute(Route):
+    Spec = SelfDescribingSpec
+    spec: SelfDescribingSpec
+
+    def endpoints(self) -> list[tuple[str, str, Handler]]:
+        return [("POST", self.spec.path, self.handle)]
+
+    async def handle(self, request: Request, ingest: Ingest) -> Response:
+        if not request.body:
+            return error_response(400, "empty_body", "the request has no body; send a JSON object or array")
+        try:
+            document = _decode(request.body)
+        except msgspec.DecodeError as exc:
+            return error_response(400, "bad_json", f"the body is not valid JSON: {exc}")
+        items = document if isinstance(document, list) else [document]
+        if not items:
+            return error_response(400, "empty_batch", "the array holds no events")
+        envelopes = envelopes_from_items(items, ingest.source(request), self.spec)
+        failure = await ingest.deliver(envelopes)
+        if failure is not None:
+            return failure
+        invalid = sum(1 for e in envelopes if not e.valid)
+        return json_response(200, {"received": len(envelopes), "invalid": invalid})

@@ -1,0 +1,1 @@
+"""Schema repositories: one module per backend, behind :class:`streamer.core.registry.Repository`."""
