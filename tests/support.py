@@ -12,7 +12,8 @@ from typing import Any
 import anyio
 import pytest
 
-from streamer.connectors import default_catalog
+from streamer.connectors import BUILTIN
+from streamer.core.catalog import Catalog
 from streamer.core.config import ConfigError, interpolate, load_document
 from streamer.core.graph import build_pipeline
 from streamer.core.runtime import Pipeline
@@ -41,12 +42,27 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def test_catalog() -> Catalog:
+    """The built-in connectors plus the test-only ones in tests/connectors.py."""
+    from tests.connectors import TEST_CONNECTORS
+
+    table = {kind: dict(entries) for kind, entries in BUILTIN.items()}
+    for kind, entries in TEST_CONNECTORS.items():
+        table.setdefault(kind, {}).update(entries)
+    return Catalog(table)
+
+
 def compile_text(text: str, environ: dict[str, str] | None = None, file: str = "test.yml") -> CompiledSpec:
     document = load_document(text, file)
     problems = interpolate(document, environ if environ is not None else {})
     if problems:
         raise ConfigError(problems)
-    return compile_document(document, default_catalog())
+    return compile_document(document, test_catalog())
+
+
+def sink(pipeline: Pipeline, name: str) -> Any:
+    """The sink object named ``name`` in a running pipeline."""
+    return next(w.sink for w in pipeline.workers if w.name == name)
 
 
 @asynccontextmanager

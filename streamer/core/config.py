@@ -199,11 +199,7 @@ def _fields_at(target: Any, path: PathT) -> list[str]:
     """Field names of the struct reached by following ``path`` through ``target``'s type."""
     info: Any = msgspec.inspect.type_info(target)
     for part in path:
-        while isinstance(info, msgspec.inspect.UnionType):
-            structs = [t for t in info.types if isinstance(t, msgspec.inspect.StructType)]
-            if not structs:
-                return []
-            info = structs[0]
+        info = _unwrap(info)
         if isinstance(info, msgspec.inspect.StructType):
             match = next((f for f in info.fields if f.encode_name == part), None)
             if match is None:
@@ -215,14 +211,24 @@ def _fields_at(target: Any, path: PathT) -> list[str]:
             info = info.item_type
         else:
             return []
-    while isinstance(info, msgspec.inspect.UnionType):
-        structs = [t for t in info.types if isinstance(t, msgspec.inspect.StructType)]
-        if not structs:
-            return []
-        info = structs[0]
+    info = _unwrap(info)
     if isinstance(info, msgspec.inspect.StructType):
         return [f.encode_name for f in info.fields]
     return []
+
+
+def _unwrap(info: Any) -> Any:
+    """Look through ``Annotated`` metadata and optional unions to the struct inside."""
+    while True:
+        if isinstance(info, msgspec.inspect.Metadata):
+            info = info.type
+        elif isinstance(info, msgspec.inspect.UnionType):
+            structs = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+            if len(structs) != 1:
+                return info
+            info = structs[0]
+        else:
+            return info
 
 
 def dotted(path: PathT) -> str:

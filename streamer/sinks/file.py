@@ -2,8 +2,10 @@
 
 A batch is acknowledged once it is written to the operating system (``fsync:
 never``) or once it is on disk (``fsync: batch``). With rotation, the current
-file is renamed to ``<stem>-<UTC time>.<suffix>`` when it reaches ``max_bytes``
-or is ``max_age`` seconds old, and a new one is started.
+file is renamed to ``<stem>-<UTC time>.<suffix>`` once a write takes it to
+``max_bytes``, or before a write when it is ``max_age`` seconds old (an idle
+file is left as it is), and a new one is started. Batches are never split
+across files.
 
 Example::
 
@@ -85,22 +87,23 @@ class FileSink(Sink):
     def _write(self, data: bytes) -> None:
         if self._file is None:
             self._open()
+        rotate = self.spec.rotate
+        if (
+            rotate is not None and rotate.max_age is not None and self._size > 0
+            and time.monotonic() - self._opened_at >= rotate.max_age
+        ):
+            self._rotate()
         file: Any = self._file
         file.write(data)
         file.flush()
         if self.spec.fsync == "batch":
             os.fsync(file.fileno())
         self._size += len(data)
-        self._maybe_rotate()
+        if rotate is not None and rotate.max_bytes is not None and self._size >= rotate.max_bytes:
+            self._rotate()
 
-    def _maybe_rotate(self) -> None:
-        rotate = self.spec.rotate
-        if rotate is None:
-            return
-        too_big = rotate.max_bytes is not None and self._size >= rotate.max_bytes
-        too_old = rotate.max_age is not None and time.monotonic() - self._opened_at >= rotate.max_age
-        if not (too_big or too_old):
-            return
+    def _rotate(self) -> None:
+        """Rename the current file aside and start a new one (a file spans at most max_age seconds)."""
         assert self._file is not None
         self._file.close()
         self._file = None

@@ -1,0 +1,113 @@
+"""File and stdin inputs (replay), and the file sink's rotation and fsync policy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from tests.support import ROOT, http_port, read_jsonl, running
+
+pytestmark = pytest.mark.anyio
+
+GOOD = {"schema": "iglu:com.example/page_view/jsonschema/1-0-0", "data": {"url": "https://example.com/"}}
+BAD = {"schema": "iglu:com.example/page_view/jsonschema/1-0-0", "data": {"url": 5}}
+
+
+def replay_pipeline(source: str, sink_extra: str = "") -> str:
+    return f"""
+inputs:
+  replay: {source}
+registry:
+  repositories: [{{type: file, path: "${{SCHEMAS}}"}}]
+sinks:
+  valid: {{type: file, path: valid.jsonl, route: valid{sink_extra}}}
+  invalid: {{type: file, path: invalid.jsonl, route: invalid}}
+"""
+
+
+async def test_file_input_replays_lines_and_keeps_bad_ones(tmp_path: Path) -> None:
+    lines = [json.dumps(GOOD)] * 3 + ["{not json", json.dumps(BAD), "", json.dumps({"no": "schema"})]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    async with running(replay_pipeline("{type: file, path: in.jsonl}"), tmp_path) as pipeline:
+        with anyio.fail_after(10):
+            while pipeline.workers[0].written + pipeline.workers[1].written < 6:
+                await anyio.sleep(0.01)
+    assert len(read_jsonl(tmp_path / "valid.jsonl")) == 3
+    invalid = read_jsonl(tmp_path / "invalid.jsonl")
+    assert [e["errors"][0]["keyword"] for e in invalid] == ["decode", "type", "self_describing"]
+    assert invalid[0]["payload"] == "{not json"
+
+
+async def test_invalid_envelopes_can_be_replayed_after_a_fix(tmp_path: Path) -> None:
+    """An envelope written by a sink is read back as itself (same id) and validated again."""
+    (tmp_path / "in.jsonl").write_text(json.dumps(GOOD) + "\n")
+    async with running(replay_pipeline("{type: file, path: in.jsonl}"), tmp_path) as pipeline:
+        with anyio.fail_after(10):
+            while pipeline.workers[0].written < 1:
+                await anyio.sleep(0.01)
+    [first] = read_jsonl(tmp_path / "valid.jsonl")
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "in.jsonl").write_text((tmp_path / "valid.jsonl").read_text())
+    async with running(replay_pipeline("{type: file, path: in.jsonl}"), tmp_path / "again") as pipeline:
+        with anyio.fail_after(10):
+            while pipeline.workers[0].written < 1:
+                await anyio.sleep(0.01)
+    [second] = read_jsonl(tmp_path / "again" / "valid.jsonl")
+    assert second["id"] == first["id"]
+    assert second["collector_tstamp"] == first["collector_tstamp"]
+
+
+def test_stdin_pipeline_exits_0_when_input_ends_with_every_line_written(tmp_path: Path) -> None:
+    spec = tmp_path / "stdin.yml"
+    spec.write_text(replay_pipeline("{type: stdin}").replace("${SCHEMAS}", str(ROOT / "schemas")))
+    data = "\n".join([json.dumps(GOOD)] * 50 + [json.dumps(BAD)]) + "\n"
+    result = subprocess.run(
+        [sys.executable, "-m", "streamer", "run", str(spec)],
+        input=data, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(read_jsonl(tmp_path / "valid.jsonl")) == 50
+    assert len(read_jsonl(tmp_path / "invalid.jsonl")) == 1
+
+
+def http_pipeline(sink_extra: str) -> str:
+    return f"""
+inputs:
+  web: {{type: http, port: 0}}
+registry:
+  repositories: [{{type: file, path: "${{SCHEMAS}}"}}]
+sinks:
+  valid: {{type: file, path: valid.jsonl, route: valid{sink_extra}}}
+"""
+
+
+async def post_events(port: int, count: int, pause: float = 0.0) -> None:
+    async with httpx.AsyncClient() as client:
+        for _ in range(count):
+            response = await client.post(f"http://127.0.0.1:{port}/events", json=GOOD)
+            assert response.status_code == 200
+            await anyio.sleep(pause)
+
+
+async def test_file_sink_rotates_by_size_and_fsyncs(tmp_path: Path) -> None:
+    async with running(http_pipeline(", fsync: batch, rotate: {max_bytes: 1500}"), tmp_path) as pipeline:
+        await post_events(http_port(pipeline), 10)
+    rotated = sorted(tmp_path.glob("valid-*.jsonl"))
+    assert len(rotated) >= 2
+    assert all(path.stat().st_size >= 1500 for path in rotated)
+    total = sum(len(read_jsonl(path)) for path in [*rotated, tmp_path / "valid.jsonl"])
+    assert total == 10
+
+
+async def test_file_sink_rotates_by_age(tmp_path: Path) -> None:
+    async with running(http_pipeline(", rotate: {max_age: 0.05}"), tmp_path) as pipeline:
+        await post_events(http_port(pipeline), 2, pause=0.1)
+    [rotated] = tmp_path.glob("valid-*.jsonl")
+    assert len(read_jsonl(rotated)) == 1
+    assert len(read_jsonl(tmp_path / "valid.jsonl")) == 1

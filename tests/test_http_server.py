@@ -1,0 +1,203 @@
+"""Bad clients get a 4xx or a closed connection, and the server keeps serving everyone else."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from anyio.abc import SocketStream
+
+from tests.support import http_port, read_jsonl, running
+
+pytestmark = pytest.mark.anyio
+
+EVENT = {"schema": "iglu:com.example/page_view/jsonschema/1-0-0", "data": {"url": "https://example.com/"}}
+EVENT_BYTES = json.dumps(EVENT).encode()
+
+PIPELINE = """
+inputs:
+  web:
+    type: http
+    port: 0
+    max_body_bytes: 4096
+    header_timeout: 0.5
+    body_timeout: 0.5
+    idle_timeout: 1.0
+registry:
+  repositories: [{type: file, path: "${SCHEMAS}"}]
+sinks:
+  valid: {type: file, path: valid.jsonl, route: valid}
+  invalid: {type: file, path: invalid.jsonl, route: invalid}
+"""
+
+
+async def exchange(port: int, raw: bytes, *, read_timeout: float = 5.0) -> bytes:
+    """Send raw bytes, return everything the server sends until it closes (or the timeout)."""
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(raw)
+        return await read_until_closed(stream, read_timeout)
+
+
+async def read_until_closed(stream: SocketStream, timeout: float) -> bytes:
+    received = b""
+    with anyio.move_on_after(timeout):
+        try:
+            while True:
+                received += await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            pass
+    return received
+
+
+def status_and_body(raw: bytes) -> tuple[int, dict[str, object]]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
+async def still_serving(port: int) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"http://127.0.0.1:{port}/events", json=EVENT)
+    assert response.status_code == 200
+
+
+def post(body: bytes, extra: bytes = b"") -> bytes:
+    return (
+        b"POST /events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n" + extra
+        + b"content-length: %d\r\n\r\n" % len(body) + body
+    )
+
+
+async def test_malformed_request_line_gets_400_json(tmp_path: Path) -> None:
+    async with running(PIPELINE, tmp_path) as p:
+        port = http_port(p)
+        status, body = status_and_body(await exchange(port, b"GARBAGE\x01 / HTTP/9\r\n\r\n"))
+        assert status == 400
+        assert body["error"] == "malformed_request"
+        await still_serving(port)
+
+
+async def test_bad_json_gets_400_naming_the_problem(tmp_path: Path) -> None:
+    async with running(PIPELINE, tmp_path) as p:
+        port = http_port(p)
+        status, body = status_and_body(await exchange(port, post(b'{"schema": ')))
+        assert status == 400
+        assert body["error"] == "bad_json"
+        assert "not valid JSON" in str(body["message"])
+        await still_serving(port)
+    assert read_jsonl(tmp_path / "invalid.jsonl") == []
+
+
+async def test_oversize_body_gets_413(tmp_path: Path) -> None:
+    async with running(PIPELINE, tmp_path) as p:
+        port = http_port(p)
+        status, body = status_and_body(await exchange(port, post(b"x" * 5000)))
+        assert status == 413
+        assert body["error"] == "body_too_large"
+        # Also when the size is only known while streaming a chunked body.
+        chunked = b"POST /events HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+        chunked += b"".join(b"400\r\n" + b"x" * 1024 + b"\r\n" for _ in range(5))
+        status, _ = status_and_body(await exchange(port, chunked))
+        assert status == 413
+        await still_serving(port)
+
+
+async def test_gzip_bomb_is_refused_after_decompression(tmp_path: Path) -> None:
+    async with running(PIPELINE, tmp_path) as p:
+        port = http_port(p)
+        bomb = gzip.compress(b"[" + b" " * 100_000 + b"]")
+        status, body = status_and_body(await exchange(port, post(bomb, b"content-encoding: gzip\r\n")))
+        assert status == 413
+        status, body = status_and_body(await exchange(port, post(b"not gzip", b"content-encoding: gzip\r\n")))
+        assert (status, body["error"]) == (400, "bad_encoding")
+        await still_serving(port)
+
+
+async def test_truncated_chunked_body_closes_without_writing(tmp_path: Path) -> None:
+    async with running(PIPELINE, tmp_path) as p:
+        port = http_port(p)
+        raw = b"POST /events HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n40\r\n" + EVENT_BYTES[:20]
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            await stream.send(raw)
+            await stream.send_eof()
+            answer = await read_until_closed(stream, 3)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 4")
+        await still_serving(port)
+    assert len(read_jsonl(tmp_path / "valid.jsonl")) == 1  # only the still_serving event
+
+
+async def test_slow_client_gets_408_while_others_are_served(tmp_path: Path) -> None:
+    async with running(PIPELINE, tmp_path) as p:
+        port = http_port(p)
+        async with await anyio.connect_tcp("127.0.0.1", port) as slow:
+            await slow.send(b"POST /events HTTP/1.1\r\nhost: x\r\n")  # and never finishes the head
+            await still_serving(port)
+            answer = await read_until_closed(slow, 3)
+        assert answer.startswith(b"HTTP/1.1 408")
+        async with await anyio.connect_tcp("127.0.0.1", port) as slow_body:
+            await slow_body.send(post(EVENT_BYTES)[:-10])  # the body never completes
+            answer = await read_until_closed(slow_body, 3)
+        assert answer.startswith(b"HTTP/1.1 408")
+        await still_serving(port)
+
+
+async def test_idle_keep_alive_connection_is_closed(tmp_path: Path) -> None:
+    async with running(PIPELINE, tmp_path) as p:
+        async with await anyio.connect_tcp("127.0.0.1", http_port(p)) as stream:
+            with anyio.fail_after(3):
+                assert await read_until_closed(stream, 3) == b""
+
+
+async def test_keep_alive_pipelining_chunked_and_gzip_bodies(tmp_path: Path) -> None:
+    async with running(PIPELINE, tmp_path) as p:
+        port = http_port(p)
+        chunked = (
+            b"POST /events HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+            + b"%x\r\n" % 10 + EVENT_BYTES[:10] + b"\r\n"
+            + b"%x\r\n" % (len(EVENT_BYTES) - 10) + EVENT_BYTES[10:] + b"\r\n0\r\n\r\n"
+        )
+        gzipped = post(gzip.compress(EVENT_BYTES), b"content-encoding: gzip\r\n")
+        closing = post(EVENT_BYTES, b"connection: close\r\n")
+        answer = await exchange(port, chunked + gzipped + closing)
+        assert answer.count(b"HTTP/1.1 200 OK") == 3
+        assert answer.rstrip().endswith(b'{"received":1,"invalid":0}')
+    assert len(read_jsonl(tmp_path / "valid.jsonl")) == 3
+
+
+async def test_unknown_path_and_wrong_method(tmp_path: Path) -> None:
+    async with running(PIPELINE, tmp_path) as p:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port(p)}") as client:
+            missing = await client.get("/nope")
+            wrong = await client.get("/events")
+            health = await client.get("/health")
+            ready = await client.get("/ready")
+        assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
+        assert (wrong.status_code, wrong.json()["error"]) == (405, "method_not_allowed")
+        assert health.status_code == 200
+        assert ready.json() == {"status": "ready"}
+
+
+async def test_items_that_are_not_self_describing_go_to_the_invalid_route(tmp_path: Path) -> None:
+    async with running(PIPELINE, tmp_path) as p:
+        async with httpx.AsyncClient() as client:
+            response = await client.post(f"http://127.0.0.1:{http_port(p)}/events", json=[EVENT, {"data": 1}, 7])
+        assert response.json() == {"received": 3, "invalid": 2}
+    invalid = read_jsonl(tmp_path / "invalid.jsonl")
+    assert [e["payload"] for e in invalid] == [{"data": 1}, 7]
+    assert {e["errors"][0]["keyword"] for e in invalid} == {"self_describing"}
+
+
+async def test_cookie_and_authorization_are_never_recorded(tmp_path: Path) -> None:
+    async with running(PIPELINE, tmp_path) as p:
+        async with httpx.AsyncClient() as client:
+            await client.post(
+                f"http://127.0.0.1:{http_port(p)}/events",
+                json=EVENT,
+                headers={"cookie": "sid=secret", "authorization": "Bearer secret", "x-kept": "yes"},
+            )
+    text = (tmp_path / "valid.jsonl").read_text()
+    assert "secret" not in text
+    assert read_jsonl(tmp_path / "valid.jsonl")[0]["source"]["headers"]["x-kept"] == "yes"
