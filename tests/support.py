@@ -82,6 +82,15 @@ async def running(text: str, tmp_path: Path, environ: dict[str, str] | None = No
             pipeline.stop()
 
 
+async def run_to_end(text: str, tmp_path: Path, timeout: float = 20.0) -> Pipeline:
+    """Run a pipeline whose inputs end by themselves (files); return it once drained."""
+    compiled = compile_text(text, {"SCHEMAS": str(SCHEMAS), "TMP": str(tmp_path)})
+    pipeline = build_pipeline(compiled, anyio_backend_name(), base_dir=tmp_path)
+    with anyio.fail_after(timeout):
+        assert await pipeline.run() == 0
+    return pipeline
+
+
 def anyio_backend_name() -> str:
     import sniffio
 

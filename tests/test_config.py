@@ -44,7 +44,9 @@ def test_unknown_key_points_at_the_key_and_suggests_the_right_one() -> None:
 
 
 def test_unknown_top_level_key_is_refused() -> None:
-    assert problems("input: {}\n" + MINIMAL) == ["test.yml:1:1: unknown key `input` in (top level); did you mean `inputs`?"]
+    assert problems("input: {}\n" + MINIMAL) == [
+        "test.yml:1:1: unknown key `input` in (top level); did you mean `inputs`?"
+    ]
 
 
 def test_wrong_type_points_at_the_value() -> None:

@@ -11,7 +11,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.support import ROOT, http_port, read_jsonl, running
+from tests.support import ROOT, http_port, read_jsonl, run_to_end, running
 
 pytestmark = pytest.mark.anyio
 
@@ -34,10 +34,7 @@ sinks:
 async def test_file_input_replays_lines_and_keeps_bad_ones(tmp_path: Path) -> None:
     lines = [json.dumps(GOOD)] * 3 + ["{not json", json.dumps(BAD), "", json.dumps({"no": "schema"})]
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
-    async with running(replay_pipeline("{type: file, path: in.jsonl}"), tmp_path) as pipeline:
-        with anyio.fail_after(10):
-            while pipeline.workers[0].written + pipeline.workers[1].written < 6:
-                await anyio.sleep(0.01)
+    await run_to_end(replay_pipeline("{type: file, path: in.jsonl}"), tmp_path)
     assert len(read_jsonl(tmp_path / "valid.jsonl")) == 3
     invalid = read_jsonl(tmp_path / "invalid.jsonl")
     assert [e["errors"][0]["keyword"] for e in invalid] == ["decode", "type", "self_describing"]
@@ -47,17 +44,11 @@ async def test_file_input_replays_lines_and_keeps_bad_ones(tmp_path: Path) -> No
 async def test_invalid_envelopes_can_be_replayed_after_a_fix(tmp_path: Path) -> None:
     """An envelope written by a sink is read back as itself (same id) and validated again."""
     (tmp_path / "in.jsonl").write_text(json.dumps(GOOD) + "\n")
-    async with running(replay_pipeline("{type: file, path: in.jsonl}"), tmp_path) as pipeline:
-        with anyio.fail_after(10):
-            while pipeline.workers[0].written < 1:
-                await anyio.sleep(0.01)
+    await run_to_end(replay_pipeline("{type: file, path: in.jsonl}"), tmp_path)
     [first] = read_jsonl(tmp_path / "valid.jsonl")
     (tmp_path / "again").mkdir()
     (tmp_path / "again" / "in.jsonl").write_text((tmp_path / "valid.jsonl").read_text())
-    async with running(replay_pipeline("{type: file, path: in.jsonl}"), tmp_path / "again") as pipeline:
-        with anyio.fail_after(10):
-            while pipeline.workers[0].written < 1:
-                await anyio.sleep(0.01)
+    await run_to_end(replay_pipeline("{type: file, path: in.jsonl}"), tmp_path / "again")
     [second] = read_jsonl(tmp_path / "again" / "valid.jsonl")
     assert second["id"] == first["id"]
     assert second["collector_tstamp"] == first["collector_tstamp"]

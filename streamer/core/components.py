@@ -184,11 +184,11 @@ class Sink(Component, ABC):
         self.spec = spec
         self.context = context
 
-    async def open(self) -> None:  # noqa: B027 - optional hook
+    async def open(self) -> None:
         """Connect. The pipeline is ready when every sink is open."""
 
     @abstractmethod
     async def write(self, batch: Batch) -> None: ...
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
+    async def aclose(self) -> None:
         """Flush and release resources; called after the last write."""

@@ -43,6 +43,16 @@ Item = tuple[list[Envelope], Delivery | None]
 _MAX_BACKOFF = 30.0
 
 
+async def _receive_before(receive: MemoryObjectReceiveStream[Item], deadline: float) -> Item | None:
+    """The next item if one arrives before ``deadline``, else ``None``."""
+    remaining = deadline - anyio.current_time()
+    if remaining <= 0:
+        return None
+    with anyio.move_on_after(remaining):
+        return await receive.receive()
+    return None
+
+
 class SinkWorker:
     """Feeds one sink: gathers units into batches, writes, retries, settles deliveries."""
 
@@ -78,17 +88,14 @@ class SinkWorker:
                     try:
                         item = receive.receive_nowait()
                     except anyio.WouldBlock:
-                        remaining = deadline - anyio.current_time()
-                        if remaining <= 0:
+                        try:
+                            waited = await _receive_before(receive, deadline)
+                        except anyio.EndOfStream:
+                            closed = True
                             break
-                        item = None
-                        with anyio.move_on_after(remaining):
-                            try:
-                                item = await receive.receive()
-                            except anyio.EndOfStream:
-                                closed = True
-                        if item is None:
+                        if waited is None:
                             break
+                        item = waited
                     except anyio.EndOfStream:
                         closed = True
                         break
@@ -222,7 +229,9 @@ class Pipeline:
                 log.info("signal received signal=%s", signal.Signals(signum).name)
                 self.stop()
 
-    async def run(self, *, handle_signals: bool = False, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> int:
+    async def run(
+        self, *, handle_signals: bool = False, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> int:
         """Open sinks, run inputs until they end or a stop, drain, close; return the exit code."""
         await self.resolver.open()
         opened: list[Sink] = []

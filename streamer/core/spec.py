@@ -17,7 +17,7 @@ import msgspec
 from streamer.core.catalog import Catalog, Kind, UnknownConnector
 from streamer.core.config import ConfigError, Document, PathT, Problem, convert, dotted
 
-__all__ = ["CacheSpec", "CompiledSpec", "RegistrySpec", "RuntimeSpec", "compile_document", "pipeline_schema"]
+__all__ = ["CacheSpec", "CompiledSpec", "Component", "RuntimeSpec", "compile_document", "pipeline_schema"]
 
 Connector = dict[str, Any]
 
@@ -45,6 +45,15 @@ class CacheSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         float,
         msgspec.Meta(ge=0, description="Seconds a schema that could not be resolved is remembered as missing."),
     ] = 5.0
+    allow_remote_refs: Annotated[
+        bool | list[str],
+        msgspec.Meta(
+            description="Whether a schema's `$ref` to an http(s) URL is fetched when the schema is compiled: "
+            "false refuses every remote reference (the schema is then reported broken), true allows any, "
+            "a list allows URLs starting with one of its prefixes.",
+            examples=[False, ["https://schemas.example.com/"]],
+        ),
+    ] = False
 
 
 def _default_processors() -> list[Connector]:
@@ -223,11 +232,13 @@ def pipeline_schema(catalog: Catalog) -> dict[str, Any]:
         if not nested:
             return spec
         # Re-declare the nested fields with the union of their connectors' specs.
-        described = {f.name: f for f in msgspec.inspect.type_info(spec).fields}
-        fields = []
+        info: Any = msgspec.inspect.type_info(spec)
+        described = {f.name: f for f in info.fields}
+        fields: list[tuple[str, Any, Any]] = []
         for name, kind in nested.items():
             meta = msgspec.Meta(description=_field_description(described[name]))
-            fields.append((name, Annotated[list[union(kind)], meta], msgspec.field(default_factory=list)))
+            item_type = union(kind)
+            fields.append((name, Annotated[list[item_type], meta], msgspec.field(default_factory=list)))  # type: ignore[valid-type]
         config = spec.__struct_config__
         return msgspec.defstruct(
             spec.__name__, fields, bases=(spec,), tag=config.tag, module=spec.__module__

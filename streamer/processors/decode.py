@@ -46,7 +46,7 @@ def decode_line(envelope: Envelope) -> Envelope:
         envelope.fail(ErrorDetail(keyword="decode", message=f"not valid JSON: {exc}"))
         return envelope
     if isinstance(document, dict):
-        if _ENVELOPE_KEYS <= document.keys():
+        if document.keys() >= _ENVELOPE_KEYS:
             try:
                 replayed = msgspec.convert(document, Envelope)
             except msgspec.ValidationError as exc:

@@ -36,7 +36,7 @@ def instance_path(parts: Any, root: str = "$") -> str:
 
 
 def error_details(validator: Any, instance: Any, schema: str | None, root: str, limit: int) -> list[ErrorDetail]:
-    details = []
+    details: list[ErrorDetail] = []
     for error in validator.iter_errors(instance):
         if len(details) == limit:
             details.append(ErrorDetail(path=root, keyword="too_many_errors", message="further errors omitted"))
