@@ -22,7 +22,7 @@ services: $(BIN)/python
 	@for script in scripts/setup/*.sh; do [ -e "$$script" ] || continue; echo "== $$script"; bash "$$script" || exit 1; done
 
 test: services
-	$(BIN)/ruff check streamer tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 

@@ -255,7 +255,9 @@ class HttpServer:
             try:
                 parser.feed_data(data)
             except httptools.HttpParserUpgrade:
-                await _send_quietly(stream, error_response(400, "upgrade_unsupported", "protocol upgrades are not supported"))
+                await _send_quietly(
+                    stream, error_response(400, "upgrade_unsupported", "protocol upgrades are not supported")
+                )
                 return
             except httptools.HttpParserCallbackError as exc:
                 cause = exc.__context__
