@@ -26,9 +26,17 @@ BUILTIN: dict[str, dict[str, str]] = {
     },
     "repository": {
         "file": "streamer.registry.file:FileRepository",
+        "http": "streamer.registry.http:HttpRepository",
+        "s3": "streamer.registry.s3:S3Repository",
+        "postgres": "streamer.registry.postgres:PostgresRepository",
     },
     "route": {
         "self_describing": "streamer.protocols.self_describing:SelfDescribingRoute",
+        "snowplow": "streamer.protocols.snowplow:SnowplowRoute",
+        "schemas": "streamer.protocols.schemas:SchemasRoute",
+        "cloudevents": "streamer.protocols.cloudevents:CloudEventsRoute",
+        "webhook": "streamer.protocols.webhook:WebhookRoute",
+        "pixel": "streamer.protocols.pixel:PixelRoute",
     },
 }
 

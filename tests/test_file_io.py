@@ -102,3 +102,17 @@ async def test_file_sink_rotates_by_age(tmp_path: Path) -> None:
     [rotated] = tmp_path.glob("valid-*.jsonl")
     assert len(read_jsonl(rotated)) == 1
     assert len(read_jsonl(tmp_path / "valid.jsonl")) == 1
+
+
+async def test_decoded_lines_with_malformed_contexts_are_invalid(tmp_path: Path) -> None:
+    lines = [
+        {**GOOD, "contexts": "nope"},
+        {**GOOD, "contexts": [{"schema": 5, "data": {}}]},
+        {"schema": GOOD["schema"]},
+    ]
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    await run_to_end(replay_pipeline("{type: file, path: in.jsonl}"), tmp_path)
+    invalid = read_jsonl(tmp_path / "invalid.jsonl")
+    assert [(e["errors"][0]["path"], e["errors"][0]["keyword"]) for e in invalid] == [
+        ("$.contexts", "contexts"), ("$.contexts[0]", "contexts"), ("$", "self_describing")
+    ]

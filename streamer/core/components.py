@@ -114,8 +114,10 @@ class Context:
     pipeline: str
     backend: str
     resolver: SchemaResolver
+    draining: anyio.Event = field(default_factory=anyio.Event)
+    """Set on the first signal: readiness turns false; inputs still accept for ``drain_delay``."""
     stopping: anyio.Event = field(default_factory=anyio.Event)
-    """Set when the pipeline starts draining: inputs stop accepting and finish what is in flight."""
+    """Set when inputs must stop accepting and finish what is in flight."""
     ready: anyio.Event = field(default_factory=anyio.Event)
     """Set when every sink is open; the HTTP ``/ready`` endpoint reports it."""
     base_dir: Path = field(default_factory=Path.cwd)

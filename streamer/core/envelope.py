@@ -15,6 +15,7 @@ import msgspec
 
 __all__ = [
     "Envelope",
+    "fill_self_describing",
     "ErrorDetail",
     "SelfDescribing",
     "Source",
@@ -23,7 +24,7 @@ __all__ = [
 ]
 
 
-class ErrorDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
+class ErrorDetail(msgspec.Struct, kw_only=True):
     """Why an event is invalid: where, which rule, and a sentence for people."""
 
     path: str = "$"
@@ -73,6 +74,8 @@ class Envelope(msgspec.Struct, kw_only=True):
     schema_version: str | None = None
     event_tstamp: datetime | None = None
     contexts: list[SelfDescribing] | None = None
+    atomic: dict[str, Any] | None = None
+    """Tracker protocol fields as sent (Snowplow: ``e``, ``aid``, ``p``, ``tv``, ``eid``, ``url``, ...)."""
     valid: bool = True
     errors: list[ErrorDetail] | None = None
     tags: dict[str, str] | None = None
@@ -100,6 +103,53 @@ def set_schema(envelope: Envelope, uri: str) -> None:
             envelope.schema_format,
             envelope.schema_version,
         ) = match.groups()
+
+
+def fill_self_describing(
+    envelope: Envelope,
+    item: Any,
+    schema_key: str = "schema",
+    data_key: str = "data",
+    contexts_key: str = "contexts",
+) -> None:
+    """Take schema, data and contexts from a self-describing item; mark the envelope invalid if it is not one.
+
+    Only the event's own keys are configurable; contexts are standard self-describing
+    JSON (``schema``/``data``). Every malformed part is an error on the envelope,
+    so nothing is dropped silently.
+    """
+    schema = item.get(schema_key) if isinstance(item, dict) else None
+    if not isinstance(schema, str) or data_key not in item:
+        envelope.payload = item
+        envelope.fail(
+            ErrorDetail(
+                keyword="self_describing",
+                message=f"expected an object with a string `{schema_key}` and a `{data_key}`",
+            )
+        )
+        return
+    set_schema(envelope, schema)
+    envelope.payload = item[data_key]
+    raw = item.get(contexts_key)
+    if raw is None:
+        return
+    where = f"$.{contexts_key}"
+    if not isinstance(raw, list):
+        envelope.fail(ErrorDetail(path=where, keyword="contexts", message=f"`{contexts_key}` must be a list"))
+        return
+    contexts = []
+    for index, context in enumerate(raw):
+        if isinstance(context, dict) and isinstance(context.get("schema"), str) and "data" in context:
+            contexts.append(SelfDescribing(schema=context["schema"], data=context["data"]))
+        else:
+            envelope.fail(
+                ErrorDetail(
+                    path=f"{where}[{index}]",
+                    keyword="contexts",
+                    message="a context must be an object with a string `schema` and a `data`",
+                )
+            )
+    envelope.contexts = contexts
 
 
 class _IdPool:

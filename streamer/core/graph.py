@@ -67,9 +67,13 @@ def build_pipeline(compiled: CompiledSpec, backend: str, *, base_dir: Path | Non
         ttl=compiled.cache.ttl,
         negative_ttl=compiled.cache.negative_ttl,
         max_entries=compiled.cache.max_entries,
+        allow_remote_refs=compiled.cache.allow_remote_refs,
     )
     context = Context(pipeline=compiled.name, backend=backend, resolver=resolver, base_dir=base_dir or Path.cwd())
-    resolver.use([_instantiate(c, context, named=True) for c in compiled.repositories])
+    # The built-in io.streamer schemas (permissive webhook/pixel/CloudEvent) need no configuration.
+    from streamer.registry.builtin import BuiltinRepository
+
+    resolver.use([*(_instantiate(c, context, named=True) for c in compiled.repositories), BuiltinRepository()])
     processors = [_instantiate(c, context, named=False) for c in compiled.processors]
     workers = []
     for component in compiled.sinks:
@@ -84,6 +88,7 @@ def build_pipeline(compiled: CompiledSpec, backend: str, *, base_dir: Path | Non
         processors=processors,
         workers=workers,
         shutdown_timeout=compiled.runtime.shutdown_timeout,
+        drain_delay=compiled.runtime.drain_delay,
     )
     context.extras["pipeline"] = pipeline
     return pipeline

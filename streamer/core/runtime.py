@@ -162,6 +162,7 @@ class Pipeline:
         processors: list[Processor],
         workers: list[SinkWorker],
         shutdown_timeout: float,
+        drain_delay: float = 0.0,
     ) -> None:
         self.name = name
         self.context = context
@@ -170,6 +171,7 @@ class Pipeline:
         self.processors = processors
         self.workers = workers
         self.shutdown_timeout = shutdown_timeout
+        self.drain_delay = drain_delay
         self._valid = [w for w in workers if w.route == "valid"]
         self._invalid = [w for w in workers if w.route == "invalid"]
         self._all = [w for w in workers if w.route == "all"]
@@ -202,11 +204,23 @@ class Pipeline:
             await worker.send_stream.send((part, delivery if worker.required else None))
         return delivery
 
+    async def drain(self) -> None:
+        """Report not-ready, keep serving for ``drain_delay``, then :meth:`stop`."""
+        if self.context.draining.is_set():
+            return
+        self.context.draining.set()
+        if self.drain_delay > 0 and not self.context.stopping.is_set():
+            log.info("not ready, serving for drain_delay=%ss before draining pipeline=%s", self.drain_delay, self.name)
+            with anyio.move_on_after(self.drain_delay):
+                await self.context.stopping.wait()
+        self.stop()
+
     def stop(self) -> None:
         """Begin draining: inputs stop accepting; the whole drain must fit in ``shutdown_timeout``."""
         if self.context.stopping.is_set():
             return
         log.info("draining pipeline=%s timeout=%ss", self.name, self.shutdown_timeout)
+        self.context.draining.set()
         self.context.stopping.set()
         if self._scope is not None:
             self._scope.deadline = min(self._scope.deadline, anyio.current_time() + self.shutdown_timeout)
@@ -221,13 +235,16 @@ class Pipeline:
     async def _watch_signals(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             task_status.started()
-            async for signum in signals:
-                if self.context.stopping.is_set():
-                    log.warning("second signal, exiting without draining signal=%s", signal.Signals(signum).name)
-                    self.kill()
-                    return
-                log.info("signal received signal=%s", signal.Signals(signum).name)
-                self.stop()
+            async with anyio.create_task_group() as tg:
+                async for signum in signals:
+                    if self.context.draining.is_set():
+                        log.warning(
+                            "second signal, exiting without draining signal=%s", signal.Signals(signum).name
+                        )
+                        self.kill()
+                        return
+                    log.info("signal received signal=%s", signal.Signals(signum).name)
+                    tg.start_soon(self.drain)
 
     async def run(
         self, *, handle_signals: bool = False, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED

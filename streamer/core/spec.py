@@ -32,6 +32,14 @@ class RuntimeSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             description="Seconds allowed after SIGTERM/SIGINT to finish in-flight work and flush sinks.",
         ),
     ] = 30.0
+    drain_delay: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0,
+            description="Seconds to keep serving after SIGTERM/SIGINT while /ready answers 503, so a load "
+            "balancer stops routing here before the listener closes. 0 closes it at once.",
+        ),
+    ] = 0.0
 
 
 class CacheSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

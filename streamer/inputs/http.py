@@ -31,7 +31,11 @@ from anyio.abc import TaskStatus
 from streamer.core.components import Context, Input, InputSpec, Submit
 from streamer.core.delivery import DeliveryFailed
 from streamer.core.envelope import Envelope, Source
+from streamer.http.client_ip import ClientIpResolver, ClientIpSpec
+from streamer.http.cookie import NETWORK_USER_ID, CookieSpec, IdentityCookie
+from streamer.http.cors import Cors, CorsSpec
 from streamer.http.messages import Request, Response, error_response, json_response
+from streamer.http.ratelimit import RateLimiter, RateLimitSpec
 from streamer.http.routes import Handler, Ingest, Route
 from streamer.http.server import HttpServer, Limits
 
@@ -40,6 +44,7 @@ __all__ = ["HttpInput", "HttpInputSpec"]
 log = logging.getLogger("streamer.http")
 
 _ALWAYS_DROPPED = frozenset({"cookie", "authorization", "proxy-authorization"})
+_UNLIMITED = frozenset({"/health", "/ready"})
 
 
 class HttpInputSpec(InputSpec, tag="http", kw_only=True):
@@ -71,6 +76,14 @@ class HttpInputSpec(InputSpec, tag="http", kw_only=True):
     idle_timeout: Annotated[
         float, msgspec.Meta(gt=0, description="Seconds a keep-alive connection may sit idle.")
     ] = 60.0
+    cors: Annotated[
+        CorsSpec | None,
+        msgspec.Meta(description="Answer CORS preflights and allow browser pages on these origins to send events."),
+    ] = None
+    cookie: Annotated[
+        CookieSpec | None,
+        msgspec.Meta(description="Set an identity cookie; its value is recorded as source.metadata.network_user_id."),
+    ] = None
     keep_headers: Annotated[
         bool, msgspec.Meta(description="Record request headers in the envelope's source.")
     ] = True
@@ -81,6 +94,14 @@ class HttpInputSpec(InputSpec, tag="http", kw_only=True):
             examples=[["x-api-key"]],
         ),
     ] = msgspec.field(default_factory=list)
+    client_ip: Annotated[
+        ClientIpSpec,
+        msgspec.Meta(description="Which proxies may tell the client address (X-Forwarded-For, Forwarded)."),
+    ] = msgspec.field(default_factory=ClientIpSpec)
+    rate_limit: Annotated[
+        RateLimitSpec,
+        msgspec.Meta(description="Per-client and global request rate limits (429 with Retry-After when exceeded)."),
+    ] = msgspec.field(default_factory=RateLimitSpec)
 
 
 class HttpInput(Input, Ingest):
@@ -93,6 +114,10 @@ class HttpInput(Input, Ingest):
         super().__init__(name, spec, context)
         self.input_name = name
         self._drop = _ALWAYS_DROPPED | {h.lower() for h in spec.drop_headers}
+        self._cors = Cors(spec.cors) if spec.cors is not None else None
+        self._cookie = IdentityCookie(spec.cookie) if spec.cookie is not None else None
+        self._client_ip = ClientIpResolver(spec.client_ip)
+        self._limiter = RateLimiter(spec.rate_limit)
         self._exact: dict[str, dict[str, Handler]] = {}
         self._prefixes: list[tuple[str, dict[str, Handler]]] = []
         self._add("GET", "/health", self._health)
@@ -132,6 +157,10 @@ class HttpInput(Input, Ingest):
             task_status.started()
 
     async def _dispatch(self, request: Request) -> Response:
+        if self._limiter.enabled and request.path not in _UNLIMITED:
+            limited = self._rate_limited(request)
+            if limited is not None:
+                return limited
         methods = self._exact.get(request.path)
         if methods is None:
             for prefix, candidates in self._prefixes:
@@ -142,18 +171,49 @@ class HttpInput(Input, Ingest):
                 return error_response(404, "not_found", f"no route for {request.path}")
         handler = methods.get(request.method)
         if handler is None:
+            if request.method == "OPTIONS" and self._cors is not None:
+                return self._cors.preflight(request, methods)
             allowed = ", ".join(sorted(methods))
             return error_response(
                 405, "method_not_allowed", f"{request.method} is not allowed on {request.path}; use {allowed}",
             )
-        return await handler(request, self)
+        if self._cors is None and self._cookie is None:
+            return await handler(request, self)
+        return await self._for_browsers(handler, request)
+
+    async def _for_browsers(self, handler: Handler, request: Request) -> Response:
+        """Run a handler with the identity cookie given, then add the CORS and Set-Cookie headers."""
+        set_cookie = None
+        if self._cookie is not None and request.path not in _UNLIMITED:
+            set_cookie = self._cookie.ensure(request)
+        response = await handler(request, self)
+        if self._cors is not None:
+            self._cors.decorate(request, response)
+        if set_cookie is not None:
+            IdentityCookie.set(response, set_cookie)
+        return response
+
+    def _identity(self, request: Request) -> dict[str, Any] | None:
+        value = self._cookie.read(request) if self._cookie is not None else None
+        return None if value is None else {NETWORK_USER_ID: value}
+
+    def _rate_limited(self, request: Request) -> Response | None:
+        client = self._client_ip.resolve(request.client[0], request.headers) if self._limiter.per_ip_enabled else None
+        retry_after, shared = self._limiter.check(client)
+        if not retry_after:
+            return None
+        who = "this collector is receiving" if shared else "this client address is sending"
+        return error_response(
+            429, "rate_limited", f"{who} too many requests; retry after {retry_after}s",
+            headers=[("retry-after", str(retry_after))],
+        )
 
     async def _health(self, request: Request, ingest: Ingest) -> Response:
         return json_response(200, {"status": "ok"})
 
     async def _ready(self, request: Request, ingest: Ingest) -> Response:
         context = self.context
-        if context.stopping.is_set():
+        if context.draining.is_set():
             return json_response(503, {"status": "draining"})
         if not context.ready.is_set():
             return json_response(503, {"status": "starting"})
@@ -169,9 +229,10 @@ class HttpInput(Input, Ingest):
             kept = {k: v for k, v in headers.items() if k not in drop}
         return Source(
             input=self.name,
-            client_ip=request.client[0],
+            client_ip=self._client_ip.resolve(request.client[0], headers),
             user_agent=headers.get("user-agent"),
             headers=kept,
+            metadata=self._identity(request),
         )
 
     async def deliver(self, envelopes: list[Envelope]) -> Response | None:

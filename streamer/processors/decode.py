@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from streamer.core.components import Processor, ProcessorSpec
-from streamer.core.envelope import Envelope, ErrorDetail, SelfDescribing, set_schema
+from streamer.core.envelope import Envelope, ErrorDetail, fill_self_describing
 
 __all__ = ["Decode", "DecodeSpec"]
 
@@ -55,21 +55,5 @@ def decode_line(envelope: Envelope) -> Envelope:
                 return envelope
             replayed.valid, replayed.errors = True, None
             return replayed
-        schema = document.get("schema")
-        if isinstance(schema, str) and "data" in document:
-            set_schema(envelope, schema)
-            envelope.payload = document["data"]
-            envelope.protocol = "self_describing"
-            contexts = document.get("contexts")
-            if isinstance(contexts, list):
-                envelope.contexts = [
-                    SelfDescribing(schema=c["schema"], data=c.get("data"))
-                    for c in contexts
-                    if isinstance(c, dict) and isinstance(c.get("schema"), str)
-                ]
-            return envelope
-    envelope.payload = document
-    envelope.fail(
-        ErrorDetail(keyword="self_describing", message="expected an object with a string `schema` and a `data`")
-    )
+    fill_self_describing(envelope, document)
     return envelope

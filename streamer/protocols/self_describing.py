@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from streamer.core.envelope import Envelope, ErrorDetail, SelfDescribing, new_event_id, set_schema, utc_now
+from streamer.core.envelope import Envelope, fill_self_describing, new_event_id, utc_now
 from streamer.http.messages import Request, Response, error_response, json_response
 from streamer.http.routes import Handler, Ingest, Route, RouteSpec
 
@@ -45,46 +45,13 @@ def envelopes_from_items(
 ) -> list[Envelope]:
     """One envelope per item; an item that is not self-describing becomes an invalid envelope."""
     now = utc_now()
-    schema_key, data_key, contexts_key = spec.schema_key, spec.data_key, spec.contexts_key
+    keys = (spec.schema_key, spec.data_key, spec.contexts_key)
     out = []
     for item in items:
         envelope = Envelope(id=new_event_id(), collector_tstamp=now, source=source, protocol=protocol)
-        schema = item.get(schema_key) if isinstance(item, dict) else None
-        if not isinstance(schema, str) or data_key not in item:
-            envelope.payload = item
-            envelope.fail(
-                ErrorDetail(
-                    keyword="self_describing",
-                    message=f"expected an object with a string `{schema_key}` and a `{data_key}`",
-                )
-            )
-        else:
-            set_schema(envelope, schema)
-            envelope.payload = item[data_key]
-            contexts = item.get(contexts_key)
-            if contexts is not None:
-                envelope.contexts = _contexts(envelope, contexts)
+        fill_self_describing(envelope, item, *keys)
         out.append(envelope)
     return out
-
-
-def _contexts(envelope: Envelope, raw: Any) -> list[SelfDescribing] | None:
-    if not isinstance(raw, list):
-        envelope.fail(ErrorDetail(path="$.contexts", keyword="contexts", message="contexts must be a list"))
-        return None
-    contexts = []
-    for index, item in enumerate(raw):
-        if isinstance(item, dict) and isinstance(item.get("schema"), str) and "data" in item:
-            contexts.append(SelfDescribing(schema=item["schema"], data=item["data"]))
-        else:
-            envelope.fail(
-                ErrorDetail(
-                    path=f"$.contexts[{index}]",
-                    keyword="contexts",
-                    message="a context must be an object with a string `schema` and a `data`",
-                )
-            )
-    return contexts
 
 
 class SelfDescribingRoute(Route):
