@@ -15,10 +15,10 @@ import msgspec
 
 __all__ = [
     "Envelope",
-    "fill_self_describing",
     "ErrorDetail",
     "SelfDescribing",
     "Source",
+    "fill_self_describing",
     "new_event_id",
     "utc_now",
 ]
@@ -152,30 +152,31 @@ def fill_self_describing(
     envelope.contexts = contexts
 
 
-class _IdPool:
-    """Random UUIDv4 strings from one buffered ``os.urandom`` block.
+# The UUIDv4 variant nibble (10xx): any hex digit mapped onto 8, 9, a or b.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
-    ``str(uuid.uuid4())`` costs ~6 us; slicing a prefetched block costs ~0.5 us.
+
+class _IdPool:
+    """Random UUIDv4 strings cut from one hex-encoded ``os.urandom`` block.
+
+    ``str(uuid.uuid4())`` costs ~6 us; slicing a prefetched, pre-hexed block costs well under 1 us.
     """
 
-    __slots__ = ("_block", "_offset")
-    _BLOCK = 65536
+    __slots__ = ("_hex", "_offset")
+    _BLOCK = 32768  # bytes per refill: 2048 ids
 
     def __init__(self) -> None:
-        self._block = b""
-        self._offset = self._BLOCK
+        self._hex = ""
+        self._offset = 0
 
     def next(self) -> str:
         offset = self._offset
-        if offset >= len(self._block):
-            self._block = os.urandom(self._BLOCK)
+        if offset >= len(self._hex):
+            self._hex = os.urandom(self._BLOCK).hex()
             offset = 0
-        self._offset = offset + 16
-        raw = bytearray(self._block[offset : offset + 16])
-        raw[6] = (raw[6] & 0x0F) | 0x40
-        raw[8] = (raw[8] & 0x3F) | 0x80
-        h = raw.hex()
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        self._offset = offset + 32
+        h = self._hex[offset : offset + 32]
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 new_event_id = _IdPool().next

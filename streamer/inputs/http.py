@@ -160,6 +160,8 @@ class HttpInput(Input, Ingest):
         if self._limiter.enabled and request.path not in _UNLIMITED:
             limited = self._rate_limited(request)
             if limited is not None:
+                if self._cors is not None:
+                    self._cors.decorate(request, limited)  # so a browser page can read the 429
                 return limited
         methods = self._exact.get(request.path)
         if methods is None:

@@ -45,15 +45,14 @@ def decode_line(envelope: Envelope) -> Envelope:
         envelope.payload = raw.decode("utf-8", "replace")
         envelope.fail(ErrorDetail(keyword="decode", message=f"not valid JSON: {exc}"))
         return envelope
-    if isinstance(document, dict):
-        if document.keys() >= _ENVELOPE_KEYS:
-            try:
-                replayed = msgspec.convert(document, Envelope)
-            except msgspec.ValidationError as exc:
-                envelope.payload = document
-                envelope.fail(ErrorDetail(keyword="decode", message=f"not a streamer envelope: {exc}"))
-                return envelope
-            replayed.valid, replayed.errors = True, None
-            return replayed
+    if isinstance(document, dict) and document.keys() >= _ENVELOPE_KEYS:
+        try:
+            replayed = msgspec.convert(document, Envelope)
+        except msgspec.ValidationError as exc:
+            envelope.payload = document
+            envelope.fail(ErrorDetail(keyword="decode", message=f"not a streamer envelope: {exc}"))
+            return envelope
+        replayed.valid, replayed.errors = True, None
+        return replayed
     fill_self_describing(envelope, document)
     return envelope

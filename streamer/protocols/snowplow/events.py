@@ -1,0 +1,304 @@
+"""Snowplow tracker events -> envelopes: the hot path shared by ``GET /i`` and ``POST .../tp2``.
+
+One tracker event is a flat mapping of string fields (``e``, ``aid``, ``p``,
+``tv``, ``eid``, ``url``, ``ue_px``, ``cx``, ...), as the tracker protocol and
+``iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4`` define it.
+:func:`envelope_from_fields` turns one into an envelope:
+
+- ``atomic`` is the field mapping itself (not copied), minus the pieces decoded
+  elsewhere (``ue_px``/``ue_pr`` into ``schema``/``payload``, ``cx``/``co`` into
+  ``contexts``); a piece that fails to decode stays in ``atomic`` as sent;
+- ``ue`` events: ``schema`` and ``payload`` are the self-describing event inside
+  the ``unstruct_event`` wrapper; every other known type: ``schema`` is the
+  route's atomic schema and ``payload`` is ``atomic`` (the same dict);
+- ``event_tstamp`` is ``ttm`` (true time), else ``dtm`` (device created), else
+  ``stm`` (device sent), each in epoch milliseconds;
+- tracker overrides ``ip``, ``ua`` and ``tnuid`` replace the request's client IP,
+  user agent and network user id (a new ``Source``, only for events that carry one).
+
+Protocol errors (bad base64, JSON that is not the right wrapper, a missing or
+non-string field, an unknown event type) mark the envelope invalid with an
+error whose path is ``$.atomic.<field>``; schema validation of the event and of
+every context is left to the ``validate`` processor. When the atomic fields
+themselves are wrong the envelope names no schema, so the error list says what
+the route found and nothing twice.
+
+Per event this costs: one id from the buffered pool, one ``Envelope``, one
+base64 decode plus one typed msgspec decode per ``ue_px``/``cx`` (straight into
+:class:`~streamer.core.envelope.SelfDescribing` structs), and a few dict reads.
+"""
+
+from __future__ import annotations
+
+import binascii
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from streamer.core.envelope import Envelope, ErrorDetail, SelfDescribing, Source, new_event_id
+from streamer.http.cookie import NETWORK_USER_ID
+
+__all__ = [
+    "ATOMIC_SCHEMA",
+    "CONTEXTS_PREFIX",
+    "EVENT_TYPES",
+    "FIELDS",
+    "NETWORK_USER_ID",
+    "PAYLOAD_DATA_PREFIX",
+    "UNSTRUCT_PREFIX",
+    "EventBuilder",
+    "decode_base64",
+]
+
+PROTOCOL = "snowplow"
+ATOMIC_SCHEMA = "iglu:io.streamer/snowplow_event/jsonschema/1-0-0"
+PAYLOAD_DATA_PREFIX = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-"
+UNSTRUCT_PREFIX = "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-"
+CONTEXTS_PREFIX = "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-"
+
+EVENT_TYPES: dict[str, str] = {
+    "pv": "page view",
+    "pp": "page ping",
+    "se": "structured event",
+    "ue": "self-describing (unstructured) event",
+    "tr": "transaction",
+    "ti": "transaction item",
+    "ad": "ad impression (legacy)",
+    "ev": "structured event (legacy)",
+}
+"""Values of ``e`` Snowplow enrich accepts; any other is an invalid event."""
+
+_FIELD_NAMES = """
+    tna aid p dtm tz e tid eid tv duid nuid uid vid ip res url page refr fp ctype cookie lang
+    f_pdf f_qt f_realp f_wma f_dir f_fla f_java f_gears f_ag cd ds cs vp mac
+    pp_mix pp_max pp_miy pp_may ad_ba ad_ca ad_ad ad_uid
+    tr_id tr_af tr_tt tr_tx tr_sh tr_ci tr_st tr_co tr_cu
+    ti_id ti_sk ti_nm ti_na ti_ca ti_pr ti_qu ti_cu
+    sa sn st sp se_ca se_ac se_la se_pr se_va ue_na ue_pr ue_px co cx ua tnuid stm sid ttm
+"""
+FIELDS: frozenset[str] = frozenset(_FIELD_NAMES.split())
+"""The properties of payload_data 1-0-4's items (which has ``additionalProperties: false``)."""
+_REQUIRED = frozenset({"e", "tv", "p"})
+_TIMESTAMPS = ("ttm", "dtm", "stm")
+"""Where the event time comes from, best first: true time, created on the device, sent by the device."""
+_OVERRIDES = frozenset({"ip", "ua", "tnuid"})
+_CONTEXT_FIELDS = frozenset({"cx", "co"})
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
+class _Unstruct(msgspec.Struct):
+    schema: str
+    data: SelfDescribing
+
+
+class _Contexts(msgspec.Struct):
+    schema: str
+    data: list[SelfDescribing]
+
+
+_decode_unstruct = msgspec.json.Decoder(_Unstruct).decode
+_decode_contexts = msgspec.json.Decoder(_Contexts).decode
+
+
+def decode_base64(text: str) -> bytes:
+    """URL-safe or standard base64, padded or not; raises ``ValueError`` saying what is wrong."""
+    raw = text.encode("ascii")  # UnicodeEncodeError is a ValueError: not base64 either
+    raw = raw.translate(_URLSAFE)
+    missing = -len(raw) % 4
+    if missing:
+        raw += b"=" * missing
+    return binascii.a2b_base64(raw, strict_mode=True)
+
+
+def _timestamp(value: str) -> datetime | None:
+    """Epoch milliseconds (ASCII digits, checked by the caller) as a UTC time; ``None`` when out of range."""
+    try:
+        return datetime.fromtimestamp(int(value) / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _fail(envelope: Envelope, field: str, keyword: str, message: str) -> None:
+    envelope.fail(ErrorDetail(path=f"$.atomic.{field}", keyword=keyword, message=message))
+
+
+class EventBuilder:
+    """Builds envelopes from tracker field mappings for one route's settings.
+
+    ``strict`` refuses fields payload_data 1-0-4 does not define (its
+    ``additionalProperties: false``); ``atomic_schema`` names the schema of
+    non-``ue`` events.
+    """
+
+    __slots__ = ("atomic_schema", "atomic_schema_parts", "strict")
+
+    def __init__(self, *, atomic_schema: str = ATOMIC_SCHEMA, strict: bool = True) -> None:
+        self.atomic_schema = atomic_schema
+        self.atomic_schema_parts = _schema_parts(atomic_schema)
+        self.strict = strict
+
+    def build(self, fields: dict[str, Any], source: Source, now: datetime) -> Envelope:
+        """One envelope for one tracker event whose values are all strings."""
+        envelope = Envelope(
+            id=new_event_id(), collector_tstamp=now, source=source, protocol=PROTOCOL, atomic=fields
+        )
+        keys = fields.keys()
+        # Set comparisons run in C; the detailed checks run only for events that fail them.
+        atomic_ok = (FIELDS.issuperset(keys) or not self.strict) and keys >= _REQUIRED
+        if not atomic_ok:
+            self._field_errors(envelope, fields)
+        stamp = None
+        for name in _TIMESTAMPS:
+            value = fields.get(name)
+            if value is not None:
+                if value.isdigit() and value.isascii() and len(value) <= 15:
+                    if stamp is None:
+                        stamp = value
+                else:
+                    atomic_ok = False
+                    _fail(envelope, name, "timestamp", f"`{name}` must be epoch milliseconds, got {value[:40]!r}")
+        if stamp is not None:
+            envelope.event_tstamp = _timestamp(stamp)
+            if envelope.event_tstamp is None:
+                atomic_ok = False
+                _fail(envelope, "dtm", "timestamp", f"{stamp} milliseconds is out of range for a date")
+        if not keys.isdisjoint(_OVERRIDES):
+            envelope.source = _override(source, fields)
+        if not keys.isdisjoint(_CONTEXT_FIELDS):
+            self._contexts(envelope, fields)
+        kind = fields.get("e")
+        if kind == "ue":
+            self._unstruct(envelope, fields)
+        elif kind in EVENT_TYPES:
+            envelope.payload = fields
+            if atomic_ok:
+                envelope.schema = self.atomic_schema
+                (
+                    envelope.schema_vendor,
+                    envelope.schema_name,
+                    envelope.schema_format,
+                    envelope.schema_version,
+                ) = self.atomic_schema_parts
+        else:
+            envelope.payload = fields
+            if kind is not None:
+                known = ", ".join(EVENT_TYPES)
+                _fail(envelope, "e", "enum", f"unknown event type {kind[:40]!r}; expected one of {known}")
+        return envelope
+
+    def _field_errors(self, envelope: Envelope, fields: dict[str, Any]) -> None:
+        keys = fields.keys()
+        if self.strict:
+            for name in sorted(keys - FIELDS):
+                _fail(envelope, name, "additionalProperties",
+                      f"`{name}` is not a tracker protocol field (payload_data 1-0-4)")
+        for name in sorted(_REQUIRED - keys):
+            _fail(envelope, name, "required", f"the tracker field `{name}` is required")
+
+    def build_invalid(self, item: Any, source: Source, now: datetime, errors: list[ErrorDetail]) -> Envelope:
+        """An envelope for a tp2 item that is not an object of strings; the item is kept as sent."""
+        envelope = Envelope(id=new_event_id(), collector_tstamp=now, source=source, protocol=PROTOCOL)
+        if isinstance(item, dict):
+            envelope.atomic = item
+        envelope.payload = item
+        for error in errors:
+            envelope.fail(error)
+        return envelope
+
+    @staticmethod
+    def _contexts(envelope: Envelope, fields: dict[str, Any]) -> None:
+        name = "cx" if "cx" in fields else "co"
+        text = fields[name]
+        try:
+            raw: bytes | str = decode_base64(text) if name == "cx" else text
+        except ValueError as exc:
+            _fail(envelope, name, "base64", f"`cx` is not base64: {exc}")
+            return
+        try:
+            wrapper = _decode_contexts(raw)
+        except msgspec.ValidationError as exc:
+            _fail(envelope, name, "contexts", f"`{name}` is not a contexts wrapper {{schema, data: [...]}}: {exc}")
+            return
+        except msgspec.DecodeError as exc:
+            _fail(envelope, name, "json", f"`{name}` does not hold JSON: {exc}")
+            return
+        if not wrapper.schema.startswith(CONTEXTS_PREFIX):
+            _fail(envelope, name, "contexts",
+                  f"`{name}` must be wrapped in {CONTEXTS_PREFIX}*, not {wrapper.schema[:200]!r}")
+            return
+        envelope.contexts = wrapper.data
+        del fields[name]
+
+    @staticmethod
+    def _unstruct(envelope: Envelope, fields: dict[str, Any]) -> None:
+        name = "ue_px" if "ue_px" in fields else "ue_pr"
+        text = fields.get(name)
+        if text is None:
+            envelope.payload = fields
+            _fail(envelope, "ue_px", "required", "a `ue` event needs `ue_px` (base64) or `ue_pr` (JSON)")
+            return
+        try:
+            raw: bytes | str = decode_base64(text) if name == "ue_px" else text
+        except ValueError as exc:
+            envelope.payload = fields
+            _fail(envelope, name, "base64", f"`ue_px` is not base64: {exc}")
+            return
+        try:
+            wrapper = _decode_unstruct(raw)
+        except msgspec.ValidationError as exc:
+            envelope.payload = fields
+            _fail(envelope, name, "unstruct_event",
+                  f"`{name}` is not an unstruct_event wrapper {{schema, data: {{schema, data}}}}: {exc}")
+            return
+        except msgspec.DecodeError as exc:
+            envelope.payload = fields
+            _fail(envelope, name, "json", f"`{name}` does not hold JSON: {exc}")
+            return
+        if not wrapper.schema.startswith(UNSTRUCT_PREFIX):
+            envelope.payload = fields
+            _fail(envelope, name, "unstruct_event",
+                  f"`{name}` must be wrapped in {UNSTRUCT_PREFIX}*, not {wrapper.schema[:200]!r}")
+            return
+        del fields[name]
+        inner = wrapper.data
+        envelope.payload = inner.data
+        # The event's own schema is checked even when the atomic fields are wrong: more to fix at once.
+        envelope.schema = inner.schema
+        (
+            envelope.schema_vendor,
+            envelope.schema_name,
+            envelope.schema_format,
+            envelope.schema_version,
+        ) = _schema_parts(inner.schema)
+
+
+def _override(source: Source, fields: dict[str, Any]) -> Source:
+    """A copy of the request's source with the tracker's ``ip``, ``ua`` and ``tnuid`` applied."""
+    metadata = source.metadata
+    tnuid = fields.get("tnuid")
+    if tnuid is not None:
+        metadata = {**(metadata or {}), NETWORK_USER_ID: tnuid}
+    return Source(
+        input=source.input,
+        client_ip=fields.get("ip", source.client_ip),
+        user_agent=fields.get("ua", source.user_agent),
+        headers=source.headers,
+        metadata=metadata,
+    )
+
+
+_PARTS: dict[str, tuple[str | None, str | None, str | None, str | None]] = {}
+_NO_PARTS: tuple[None, None, None, None] = (None, None, None, None)
+
+
+def _schema_parts(uri: str) -> tuple[str | None, str | None, str | None, str | None]:
+    """``(vendor, name, format, version)`` of an Iglu URI, cached: a dict read instead of a regex per event."""
+    parts = _PARTS.get(uri)
+    if parts is None:
+        pieces = uri[5:].split("/") if uri.startswith("iglu:") else []
+        parts = (pieces[0], pieces[1], pieces[2], pieces[3]) if len(pieces) == 4 else _NO_PARTS
+        if len(_PARTS) >= 10_000:  # URIs come from clients: bound the cache
+            _PARTS.clear()
+        _PARTS[uri] = parts
+    return parts
