@@ -1,5 +1,11 @@
 """Schemas from a directory in Iglu layout: ``vendor/name/jsonschema/M-R-A`` (with or without ``.json``).
 
+The file without extension wins when both exist. Files are read in a worker
+thread, only on a cache miss. A path that resolves outside the directory (a
+symlink pointing elsewhere) is treated as absent; a missing directory makes the
+repository unavailable rather than "not found", since it usually means a mount
+that is not there.
+
 Example::
 
     registry:
@@ -24,7 +30,14 @@ __all__ = ["FileRepository", "FileRepositorySpec"]
 class FileRepositorySpec(RepositorySpec, tag="file", kw_only=True):
     """A local directory of schemas."""
 
-    path: Annotated[str, msgspec.Meta(description="Directory holding vendor/name/format/M-R-A files.")]
+    path: Annotated[
+        str,
+        msgspec.Meta(
+            description="Directory holding vendor/name/format/M-R-A files; a relative path is taken from the "
+            "directory streamer runs in.",
+            examples=["schemas", "/etc/streamer/schemas"],
+        ),
+    ]
 
 
 class FileRepository(Repository):
