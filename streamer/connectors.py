@@ -29,6 +29,7 @@ BUILTIN: dict[str, dict[str, str]] = {
         "http": "streamer.registry.http:HttpRepository",
         "s3": "streamer.registry.s3:S3Repository",
         "postgres": "streamer.registry.postgres:PostgresRepository",
+        "builtin": "streamer.registry.builtin:BuiltinRepository",
     },
     "route": {
         "self_describing": "streamer.protocols.self_describing:SelfDescribingRoute",
@@ -41,5 +42,12 @@ BUILTIN: dict[str, dict[str, str]] = {
 }
 
 
+IMPLICIT: dict[str, list[str]] = {
+    # The io.streamer schemas (permissive webhook, pixel and CloudEvent data; Snowplow atomic events)
+    # resolve in every pipeline without configuration.
+    "repository": ["builtin"],
+}
+
+
 def default_catalog() -> Catalog:
-    return Catalog(BUILTIN)
+    return Catalog(BUILTIN, implicit=IMPLICIT)

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from streamer.connectors import BUILTIN
+from streamer.connectors import BUILTIN, IMPLICIT
 from streamer.core.catalog import Catalog
 from streamer.core.config import ConfigError, interpolate, load_document
 from streamer.core.graph import build_pipeline
@@ -49,7 +49,7 @@ def test_catalog() -> Catalog:
     table = {kind: dict(entries) for kind, entries in BUILTIN.items()}
     for kind, entries in TEST_CONNECTORS.items():
         table.setdefault(kind, {}).update(entries)
-    return Catalog(table)
+    return Catalog(table, implicit=IMPLICIT)
 
 
 def compile_text(text: str, environ: dict[str, str] | None = None, file: str = "test.yml") -> CompiledSpec:

@@ -28,13 +28,29 @@ class UnknownConnector(LookupError):
 
 
 class Catalog:
-    def __init__(self, table: dict[str, dict[str, str]], *, load_entry_points: bool = True) -> None:
+    """Connector classes by kind and type name, plus those every pipeline gets without asking.
+
+    ``implicit`` names, per kind, types added to every pipeline that does not configure
+    them itself (the built-in schema repository), built from their spec's defaults.
+    """
+
+    def __init__(
+        self,
+        table: dict[str, dict[str, str]],
+        *,
+        implicit: dict[str, list[str]] | None = None,
+        load_entry_points: bool = True,
+    ) -> None:
         self._table = {kind: dict(table.get(kind, {})) for kind in KINDS}
+        self._implicit = {kind: list((implicit or {}).get(kind, [])) for kind in KINDS}
         if load_entry_points:
             for entry in entry_points(group=ENTRY_POINT_GROUP):
                 kind, _, name = entry.name.partition(".")
                 if kind in self._table and name:
                     self._table[kind].setdefault(name, entry.value)
+
+    def implicit(self, kind: Kind) -> list[str]:
+        return list(self._implicit[kind])
 
     def names(self, kind: Kind) -> list[str]:
         return sorted(self._table[kind])

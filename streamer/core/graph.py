@@ -70,10 +70,7 @@ def build_pipeline(compiled: CompiledSpec, backend: str, *, base_dir: Path | Non
         allow_remote_refs=compiled.cache.allow_remote_refs,
     )
     context = Context(pipeline=compiled.name, backend=backend, resolver=resolver, base_dir=base_dir or Path.cwd())
-    # The built-in io.streamer schemas (permissive webhook/pixel/CloudEvent) need no configuration.
-    from streamer.registry.builtin import BuiltinRepository
-
-    resolver.use([*(_instantiate(c, context, named=True) for c in compiled.repositories), BuiltinRepository()])
+    resolver.use([_instantiate(c, context, named=True) for c in compiled.repositories])
     processors = [_instantiate(c, context, named=False) for c in compiled.processors]
     workers = []
     for component in compiled.sinks:

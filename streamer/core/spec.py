@@ -15,6 +15,7 @@ from typing import Annotated, Any, Union
 import msgspec
 
 from streamer.core.catalog import Catalog, Kind, UnknownConnector
+from streamer.core.components import spec_type
 from streamer.core.config import ConfigError, Document, PathT, Problem, convert, dotted
 
 __all__ = ["CacheSpec", "CompiledSpec", "Component", "RuntimeSpec", "compile_document", "pipeline_schema"]
@@ -210,6 +211,11 @@ def compile_document(document: Document, catalog: Catalog) -> CompiledSpec:
         [(str(i), raw, ("registry", "repositories", i)) for i, raw in enumerate(frame.registry.repositories)],
     )
     sinks = each("sink", [(n, raw, ("sinks", n)) for n, raw in frame.sinks.items()])
+    configured = {spec_type(c.spec) for c in repositories}
+    for type_name in catalog.implicit("repository"):
+        if type_name not in configured:
+            cls = catalog.load("repository", type_name)
+            repositories.append(Component(type_name, cls, cls.Spec(), ("registry", "repositories")))
     if not frame.inputs:
         problems.append(document.problem(("inputs",), "`inputs` is empty; name at least one input"))
     if not frame.sinks:

@@ -21,7 +21,7 @@ URI                                             Used for
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -80,7 +80,12 @@ def _generated(path: str) -> bytes | None:
 
 
 class BuiltinRepositorySpec(RepositorySpec, tag="builtin", kw_only=True):
-    """The built-in ``io.streamer`` schemas (added to every pipeline; not configured by hand)."""
+    """The built-in ``io.streamer`` schemas; every pipeline has them without configuring anything."""
+
+    name: Annotated[str | None, msgspec.Meta(description="Shown in errors.")] = "builtin"
+    priority: Annotated[
+        int, msgspec.Meta(description="Asked last for other vendors (and first for io.streamer, by prefix).")
+    ] = 2**31
 
 
 class BuiltinRepository(Repository):
@@ -90,10 +95,7 @@ class BuiltinRepository(Repository):
     spec: BuiltinRepositorySpec
 
     def __init__(self, name: str = "builtin", spec: BuiltinRepositorySpec | None = None, context: Any = None) -> None:
-        if spec is None:
-            # Last in priority order for other vendors; first for its own (vendor prefix match).
-            spec = BuiltinRepositorySpec(name="builtin", priority=2**31, vendor_prefixes=[BUILTIN_VENDOR])
-        super().__init__(name, spec, context)
+        super().__init__(name, spec or BuiltinRepositorySpec(), context)
 
     def matches_vendor(self, vendor: str) -> bool:
         return vendor == BUILTIN_VENDOR
