@@ -15,6 +15,7 @@ progress has been answered.
 from __future__ import annotations
 
 import logging
+import math
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -223,8 +224,18 @@ class HttpServer:
                 await stream.aclose()
 
     async def _converse(self, stream: SocketStream, client: tuple[str, int]) -> None:
+        state = _Parser(self.limits, client)
+        # One cancel scope per connection, its deadline moved around each read: entering a fresh
+        # move_on_after for every read costs several times more, once per request.
+        with anyio.CancelScope() as timer:
+            await self._exchange(stream, state, timer)
+        # The timer fired while waiting for the client, or the drain ended an idle wait.
+        if timer.cancel_called and state.started:
+            await _send_quietly(stream, error_response(408, "request_timeout", "the request was not received in time"))
+
+    async def _exchange(self, stream: SocketStream, state: _Parser, timer: anyio.CancelScope) -> None:
+        """Answer requests in order until the client or the server ends the connection, or a read times out."""
         limits = self.limits
-        state = _Parser(limits, client)
         parser = state.parser
         while True:
             if state.done:
@@ -245,12 +256,8 @@ class HttpServer:
                 if self.stopping.is_set():
                     return
                 timeout = limits.idle_timeout
-            data = await self._receive(stream, timeout, idle=not state.started)
+            data = await self._receive(stream, timer, timeout, idle=not state.started)
             if data is None:
-                if state.started:
-                    await _send_quietly(
-                        stream, error_response(408, "request_timeout", "the request was not received in time")
-                    )
                 return
             try:
                 parser.feed_data(data)
@@ -271,19 +278,24 @@ class HttpServer:
                 )
                 return
 
-    async def _receive(self, stream: SocketStream, timeout: float, *, idle: bool) -> bytes | None:
-        """Next bytes from the client; ``None`` on timeout or, while idle, on drain."""
-        with anyio.move_on_after(timeout) as scope:
+    async def _receive(
+        self, stream: SocketStream, timer: anyio.CancelScope, timeout: float, *, idle: bool
+    ) -> bytes | None:
+        """Next bytes from the client; on timeout or, while idle, on drain, ``timer`` is cancelled.
+
+        Bytes that arrive just as ``timer`` fires are dropped (``None``): the scope stays cancelled, so
+        handling them could be cut short after their events were submitted.
+        """
+        timer.deadline = anyio.current_time() + timeout
+        if idle:
+            self._idle.add(timer)
+        try:
+            data = await stream.receive(65536)
+        finally:
+            timer.deadline = math.inf
             if idle:
-                self._idle.add(scope)
-            try:
-                return await stream.receive(65536)
-            except anyio.EndOfStream:
-                raise
-            finally:
-                if idle:
-                    self._idle.discard(scope)
-        return None
+                self._idle.discard(timer)
+        return None if timer.cancel_called else data
 
 
 async def _send_quietly(stream: SocketStream, response: Response) -> None:
