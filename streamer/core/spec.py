@@ -18,7 +18,15 @@ from streamer.core.catalog import Catalog, Kind, UnknownConnector
 from streamer.core.components import spec_type
 from streamer.core.config import ConfigError, Document, PathT, Problem, convert, dotted
 
-__all__ = ["CacheSpec", "CompiledSpec", "Component", "RuntimeSpec", "compile_document", "pipeline_schema"]
+__all__ = [
+    "CacheSpec",
+    "CompiledSpec",
+    "Component",
+    "RuntimeSpec",
+    "allow_interpolation",
+    "compile_document",
+    "pipeline_schema",
+]
 
 Connector = dict[str, Any]
 
@@ -252,14 +260,15 @@ def pipeline_schema(catalog: Catalog) -> dict[str, Any]:
         for name, kind in nested.items():
             meta = msgspec.Meta(description=_field_description(described[name]))
             item_type = union(kind)
-            fields.append((name, Annotated[list[item_type], meta], msgspec.field(default_factory=list)))  # type: ignore[valid-type]
+            default = described[name].default_factory
+            fields.append((name, Annotated[list[item_type], meta], msgspec.field(default_factory=default)))  # type: ignore[valid-type]
         config = spec.__struct_config__
         return msgspec.defstruct(
             spec.__name__, fields, bases=(spec,), tag=config.tag, module=spec.__module__
         )
 
     root, _ = _frame(union("input"), union("processor"), union("sink"), union("repository"))
-    schema = msgspec.json.schema(root)
+    schema = allow_interpolation(msgspec.json.schema(root))
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "streamer pipeline"
     return schema
@@ -269,3 +278,41 @@ def _field_description(info: Any) -> str | None:
     if isinstance(info.type, msgspec.inspect.Metadata):
         return (info.type.extra_json_schema or {}).get("description")
     return None
+
+
+# --- Interpolation in the JSON Schema ---------------------------------------------------------
+
+INTERPOLATED: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"^.*\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}.*$",
+    "description": "An environment variable reference (${VAR} or ${VAR:-default}), replaced when the file is loaded.",
+}
+_SCALARS = frozenset({"integer", "number", "boolean"})
+_ANNOTATIONS = ("title", "description", "default", "examples")
+_DATA_KEYS = frozenset({"default", "examples", "const", "enum"})
+
+
+def allow_interpolation(node: Any) -> Any:
+    """Let a ``${VAR}`` string stand wherever the schema expects a number or a boolean.
+
+    Interpolation runs on the parsed YAML, and the loader converts ``"8080"`` to an
+    int, so ``port: ${PORT:-8080}`` is valid; without this an editor would flag it.
+    Idempotent: a node already offering the alternative is left alone.
+    """
+    if isinstance(node, list):
+        for item in node:
+            allow_interpolation(item)
+        return node
+    if not isinstance(node, dict):
+        return node
+    any_of = node.get("anyOf")
+    if isinstance(any_of, list) and INTERPOLATED in any_of:
+        return node
+    for key, value in node.items():
+        if key not in _DATA_KEYS:
+            allow_interpolation(value)
+    kind = node.get("type")
+    if isinstance(kind, str) and kind in _SCALARS:
+        inner = {key: node.pop(key) for key in list(node) if key not in _ANNOTATIONS}
+        node["anyOf"] = [inner, dict(INTERPOLATED)]
+    return node

@@ -1,7 +1,7 @@
 """Schemas streamer ships with, under the reserved vendor ``io.streamer``; always available.
 
 Every pipeline's resolver consults this repository without any configuration
-(``streamer.core.graph`` appends it after the configured repositories). It is
+(``streamer.connectors.IMPLICIT`` names it, so compiling a pipeline adds it). It is
 asked first for ``io.streamer`` schemas, so nobody's registry can shadow them,
 and last for everything else, where it answers "not here" without any I/O.
 
