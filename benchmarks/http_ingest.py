@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="self_describing")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the servers this many times; "
                         "report the median (use 3-5 on a shared machine)")  # fmt: skip
-    parser.add_argument("--linger", type=float, help="override the sinks' delivery.linger (quickstart: default)")
+    parser.add_argument("--linger", type=float, help="override the sinks' delivery.linger (default: the default, 0)")
     parser.add_argument("--profile", type=Path, help="py-spy the pipeline's measured window into this file "
                         "(.svg flame graph, .json speedscope, else collapsed stacks)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, output)")

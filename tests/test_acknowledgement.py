@@ -92,6 +92,7 @@ async def test_a_blocked_sink_bounds_memory_and_clients_get_503_with_retry_after
         assert [r.status_code for r in responses] == [503] * 20
         assert {r.headers["retry-after"] for r in responses} == {"7"}
         assert responses[0].json()["error"] == "timeout"
+        assert responses[0].headers["connection"] == "close"  # the handler was cut short: start afresh
         primary.release()
         # Once the sink recovers the pipeline serves again.
         assert (await post(http_port(p))).status_code == 200
@@ -115,3 +116,26 @@ async def test_batch_of_events_in_one_request_is_one_unit(tmp_path: Path) -> Non
         assert response.status_code == 200
         assert response.json() == {"received": 25, "invalid": 0}
         assert len(sink(p, "primary").lines) == 25
+
+
+async def test_a_kill_ends_requests_in_flight_at_once(tmp_path: Path) -> None:
+    # The HTTP server shields each connection from the scopes around it; a kill must still reach a
+    # handler waiting for its delivery.
+    with anyio.fail_after(5):
+        async with running(pipeline(), tmp_path) as p:
+            sink(p, "primary").block()
+            outcome: list[object] = []
+
+            async def send() -> None:
+                try:
+                    outcome.append((await post(http_port(p))).status_code)
+                except httpx.HTTPError as exc:
+                    outcome.append(type(exc))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send)
+                await anyio.sleep(0.3)
+                assert outcome == []  # still waiting for the blocked sink
+                p.kill()
+            assert outcome and outcome[0] != 200
+    assert p.exit_code == 130

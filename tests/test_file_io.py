@@ -116,3 +116,18 @@ async def test_decoded_lines_with_malformed_contexts_are_invalid(tmp_path: Path)
     assert [(e["errors"][0]["path"], e["errors"][0]["keyword"]) for e in invalid] == [
         ("$.contexts", "contexts"), ("$.contexts[0]", "contexts"), ("$", "self_describing")
     ]
+
+
+async def test_a_sink_that_cannot_open_fails_the_start_cleanly(tmp_path: Path) -> None:
+    import gc
+
+    from streamer.core.graph import build_pipeline
+    from tests.support import anyio_backend_name, compile_text
+
+    (tmp_path / "blocker").write_text("a file where a directory should be")
+    spec = replay_pipeline("{type: stdin}").replace("path: valid.jsonl", "path: blocker/valid.jsonl")
+    pipeline = build_pipeline(compile_text(spec, {"SCHEMAS": "schemas"}), anyio_backend_name(), base_dir=tmp_path)
+    with pytest.raises(OSError):
+        await pipeline.run()
+    del pipeline
+    gc.collect()  # an unclosed buffer would raise a ResourceWarning here (warnings are errors)

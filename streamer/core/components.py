@@ -79,8 +79,12 @@ class DeliverySpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ] = 1_048_576
     linger: Annotated[
         float,
-        msgspec.Meta(ge=0, description="Seconds to wait for a batch to fill before writing what there is."),
-    ] = 0.005
+        msgspec.Meta(
+            ge=0,
+            description="Seconds to wait for more events when a batch is not full before writing it. "
+            "0 (natural batching): write what is waiting; under load it is what arrived during the previous write.",
+        ),
+    ] = 0.0
     buffer: Annotated[
         int,
         msgspec.Meta(

@@ -12,7 +12,10 @@ Cost is O(1) per unit, never per event.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
+import anyio.lowlevel
 
 __all__ = ["Delivery", "DeliveryFailed"]
 
@@ -27,14 +30,22 @@ class DeliveryFailed(Exception):
 
 
 class Delivery:
-    """Counts the copies still owed by required sinks for one input unit."""
+    """Counts the copies still owed by required sinks for one input unit.
 
-    __slots__ = ("_done", "failure", "pending")
+    The event a waiter sleeps on is made only when :meth:`wait` finds the unit unsettled. ``new_event``
+    makes it: by default ``anyio.Event``; the pipeline passes its backend's event class, which skips
+    anyio's backend lookup (~3 us per unit).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_event", "_new_event", "done", "failure", "pending")
+
+    def __init__(self, new_event: Callable[[], anyio.Event] = anyio.Event) -> None:
         self.pending = 0
         self.failure: DeliveryFailed | None = None
-        self._done = anyio.Event()
+        self.done = False
+        """Every required copy is written, or one failed."""
+        self._event: anyio.Event | None = None
+        self._new_event = new_event
 
     def expect(self, copies: int) -> None:
         """Called by the router before it hands copies to sinks."""
@@ -43,26 +54,35 @@ class Delivery:
     def seal(self) -> None:
         """Called by the router when it has sent every copy; a unit owing nothing is done."""
         if self.pending == 0:
-            self._done.set()
+            self._finish()
 
     def settle(self) -> None:
         """One required copy is durably written."""
         self.pending -= 1
         if self.pending <= 0:
-            self._done.set()
+            self._finish()
 
     def fail(self, failure: DeliveryFailed) -> None:
         """A required copy was not written; the first failure wins."""
         if self.failure is None:
             self.failure = failure
-        self._done.set()
+        self._finish()
 
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
+    def _finish(self) -> None:
+        self.done = True
+        if self._event is not None:
+            self._event.set()
 
     async def wait(self) -> None:
-        """Wait until every required copy is written; raise :class:`DeliveryFailed` if one was not."""
-        await self._done.wait()
+        """Wait until every required copy is written; raise :class:`DeliveryFailed` if one was not.
+
+        Always a checkpoint, like any anyio wait, even when the unit is already settled.
+        """
+        if self.done:
+            await anyio.lowlevel.checkpoint()
+        else:
+            if self._event is None:
+                self._event = self._new_event()
+            await self._event.wait()
         if self.failure is not None:
             raise self.failure

@@ -87,5 +87,4 @@ def build_pipeline(compiled: CompiledSpec, backend: str, *, base_dir: Path | Non
         shutdown_timeout=compiled.runtime.shutdown_timeout,
         drain_delay=compiled.runtime.drain_delay,
     )
-    context.extras["pipeline"] = pipeline
     return pipeline

@@ -268,7 +268,7 @@ def pipeline_schema(catalog: Catalog) -> dict[str, Any]:
         )
 
     root, _ = _frame(union("input"), union("processor"), union("sink"), union("repository"))
-    schema = allow_interpolation(msgspec.json.schema(root))
+    schema: dict[str, Any] = allow_interpolation(msgspec.json.schema(root))
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "streamer pipeline"
     return schema

@@ -7,9 +7,11 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-__all__ = ["Request", "Response", "error_response", "json_response"]
+__all__ = ["JSON_CONTENT_TYPE", "Request", "Response", "error_response", "json_response"]
 
 _json_encode = msgspec.json.Encoder().encode
+
+JSON_CONTENT_TYPE = ("content-type", "application/json")
 
 
 class Request:
@@ -58,7 +60,7 @@ class Response:
 
 
 def json_response(status: int, content: Any, headers: list[tuple[str, str]] | None = None) -> Response:
-    return Response(status, _json_encode(content), [("content-type", "application/json"), *(headers or [])])
+    return Response(status, _json_encode(content), [JSON_CONTENT_TYPE, *headers] if headers else [JSON_CONTENT_TYPE])
 
 
 def error_response(

@@ -39,7 +39,9 @@ class Ingest(ABC):
         """Submit and wait for acknowledgement.
 
         Returns ``None`` when every required sink holds the envelopes, or the error
-        response to send instead (503 + Retry-After on timeout, 500 when a sink failed).
+        response to send instead (500 when a sink failed). Waiting longer than the
+        input's ``request_timeout`` is the server's business: it cancels the handler
+        and answers 503 with Retry-After.
         """
 
 

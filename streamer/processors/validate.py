@@ -1,7 +1,8 @@
 """Validate each event, and each of its contexts, against its JSON Schema.
 
 Schemas come from the pipeline's registry; compiled jsonschema-rs validators are
-cached there, so a warm pipeline does a dict lookup and ``is_valid`` per event.
+cached there, so a warm pipeline does one registry lookup per schema and batch (kept in a dict for
+the batch) and ``is_valid`` per event and context.
 Only an event that fails ``is_valid`` pays for collecting detailed errors. An
 event whose schema cannot be resolved is invalid, with an error saying whether
 the schema is missing, broken, or its registry unreachable.
@@ -69,33 +70,42 @@ class Validate(Processor):
 
     async def process(self, envelopes: list[Envelope]) -> list[Envelope]:
         limit = self.spec.max_errors
+        # The entries used by this batch: most batches name a handful of schemas many times over
+        # (a tp2 request: 25 events of one or two schemas, each with the same context).
+        entries: dict[str, ResolvedSchema] = {}
         for envelope in envelopes:
-            if not envelope.valid and envelope.schema is None:
-                continue  # could not even be decoded; its error says why
             uri = envelope.schema
             if uri is None:
+                if not envelope.valid:
+                    continue  # could not even be decoded; its error says why
                 envelope.fail(ErrorDetail(keyword="schema", message="the event names no schema"))
             else:
-                entry = await self._entry(uri)
+                entry = entries.get(uri)
+                if entry is None:
+                    entry = entries[uri] = await self._entry(uri)
                 if entry.error is not None:
                     envelope.fail(ErrorDetail(keyword=entry.error.keyword, message=str(entry.error), schema=uri))
                 elif not entry.validator.is_valid(envelope.payload):
                     for detail in error_details(entry.validator, envelope.payload, uri, "$", limit):
                         envelope.fail(detail)
-            if envelope.contexts:
-                for index, context in enumerate(envelope.contexts):
-                    root = f"$.contexts[{index}].data"
-                    entry = await self._entry(context.schema)
+            contexts = envelope.contexts
+            if contexts:
+                for index, context in enumerate(contexts):
+                    uri = context.schema
+                    entry = entries.get(uri)
+                    if entry is None:
+                        entry = entries[uri] = await self._entry(uri)
                     if entry.error is not None:
                         envelope.fail(
                             ErrorDetail(
                                 path=f"$.contexts[{index}]",
                                 keyword=entry.error.keyword,
                                 message=str(entry.error),
-                                schema=context.schema,
+                                schema=uri,
                             )
                         )
                     elif not entry.validator.is_valid(context.data):
-                        for detail in error_details(entry.validator, context.data, context.schema, root, limit):
+                        root = f"$.contexts[{index}].data"
+                        for detail in error_details(entry.validator, context.data, uri, root, limit):
                             envelope.fail(detail)
         return envelopes

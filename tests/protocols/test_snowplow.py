@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from streamer.core.config import ConfigError
+from streamer.core.envelope import Envelope, Source, utc_now
 from streamer.core.registry import SchemaKey
-from streamer.protocols.snowplow import PIXEL
+from streamer.protocols.snowplow import PIXEL, EventBuilder
 from streamer.protocols.snowplow.events import decode_base64
 from tests.support import compile_text, http_port, read_jsonl, running
 
@@ -273,6 +276,48 @@ def test_base64_variants_decode_alike() -> None:
     for bad in ("a", "ab!c", "é"):
         with pytest.raises(ValueError):
             decode_base64(bad)
+
+
+def test_build_many_gives_what_build_gives() -> None:
+    """tp2 bodies go through ``build_many``, whose inline path must match ``build`` for every kind of event."""
+    good, user = b64(ue({"id": "ok"})), b64(cx((USER, {"user_id": "u"})))
+    cases: list[dict[str, str]] = [
+        event("ue", ue_px=good, cx=user, dtm="1700000000000", stm="1700000000500"),
+        event("ue", ue_px=b64(ue({"id": "ü"}), urlsafe=False, pad=True), stm="1700000000500"),
+        event("pv", cx=user, url="https://www.example.com/"),
+        event("se", se_ca="shop", se_ac="add"),
+        event("ue", ue_px="not base64!", cx=user),
+        event("ue", ue_px=good, cx="@@"),
+        event("ue", ue_px=b64({"schema": CONTEXTS, "data": {"schema": BUTTON, "data": {}}})),
+        event("ue", ue_px=good, cx=b64({"schema": UNSTRUCT, "data": []})),
+        event("ue"),
+        event("ue", ue_pr=json.dumps(ue({"id": "pr"}))),
+        event("ue", ue_px=good, ue_pr=json.dumps(ue({"id": "pr"}))),
+        event("pv", co=json.dumps(cx((USER, {"user_id": "co"})))),
+        event("zz", cx=user),
+        {"e": "pv", "p": "web"},
+        event("pv", colour="red"),
+        event("pv", dtm="yesterday", stm="1700000000500"),
+        event("pv", dtm="1700000000000", stm="later"),
+        event("pv", dtm="999999999999999"),
+        event("pv", ttm="1600000000000", dtm="1700000000000"),
+        event("pv", ip="203.0.113.9", ua="Custom/1.0", tnuid="nuid"),
+    ]
+    source = Source(input="web", client_ip="127.0.0.1", headers={"user-agent": "test"})
+    now = utc_now()
+
+    def plain(envelope: Envelope) -> dict[str, Any]:
+        document: dict[str, Any] = msgspec.to_builtins(envelope)
+        assert uuid.UUID(document.pop("id")).version == 4
+        return document
+
+    for builder in (EventBuilder(), EventBuilder(strict=False)):
+        batch = builder.build_many([dict(case) for case in cases], source, now)
+        one_by_one = [builder.build(dict(case), source, now) for case in cases]
+        assert [plain(e) for e in batch] == [plain(e) for e in one_by_one]
+        assert batch[0].valid and batch[0].schema == BUTTON and batch[0].contexts is not None
+        assert "ue_px" not in (batch[0].atomic or {}) and "cx" not in (batch[0].atomic or {})
+        assert [e.valid for e in batch[4:9]] == [False] * 5
 
 
 # Redirects ----------------------------------------------------------------------------------------------

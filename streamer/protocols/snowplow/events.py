@@ -3,7 +3,8 @@
 One tracker event is a flat mapping of string fields (``e``, ``aid``, ``p``,
 ``tv``, ``eid``, ``url``, ``ue_px``, ``cx``, ...), as the tracker protocol and
 ``iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4`` define it.
-:func:`envelope_from_fields` turns one into an envelope:
+:meth:`EventBuilder.build` turns one into an envelope (:meth:`EventBuilder.build_many`
+does the same for the events of one tp2 body, faster):
 
 - ``atomic`` is the field mapping itself (not copied), minus the pieces decoded
   elsewhere (``ue_px``/``ue_pr`` into ``schema``/``payload``, ``cx``/``co`` into
@@ -23,9 +24,12 @@ every context is left to the ``validate`` processor. When the atomic fields
 themselves are wrong the envelope names no schema, so the error list says what
 the route found and nothing twice.
 
-Per event this costs: one id from the buffered pool, one ``Envelope``, one
-base64 decode plus one typed msgspec decode per ``ue_px``/``cx`` (straight into
-:class:`~streamer.core.envelope.SelfDescribing` structs), and a few dict reads.
+Per event this costs: one id from the pool (made 2048 at a time), one ``Envelope``
+made in one call, one base64 decode plus one typed msgspec decode per
+``ue_px``/``cx`` (straight into :class:`~streamer.core.envelope.SelfDescribing`
+structs), one ``datetime``, three set comparisons and a few dict reads; in
+``build_many`` with no Python call of its own for the usual event. See
+``docs/performance.md`` (Snowplow tp2) for what each part measured.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Any
 
 import msgspec
 
-from streamer.core.envelope import Envelope, ErrorDetail, SelfDescribing, Source, new_event_id
+from streamer.core.envelope import Envelope, ErrorDetail, SelfDescribing, Source, new_event_id, new_event_ids
 from streamer.http.cookie import NETWORK_USER_ID
 
 __all__ = [
@@ -84,6 +88,8 @@ _TIMESTAMPS = ("ttm", "dtm", "stm")
 """Where the event time comes from, best first: true time, created on the device, sent by the device."""
 _OVERRIDES = frozenset({"ip", "ua", "tnuid"})
 _CONTEXT_FIELDS = frozenset({"cx", "co"})
+_UNUSUAL = _OVERRIDES | {"ttm", "co", "ue_pr"}
+"""Fields that send an event down :meth:`EventBuilder.build` rather than the inline path of ``build_many``."""
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
@@ -101,14 +107,14 @@ _decode_unstruct = msgspec.json.Decoder(_Unstruct).decode
 _decode_contexts = msgspec.json.Decoder(_Contexts).decode
 
 
+_PAD = ("", "===", "==", "=")  # by len(text) % 4; 1 leaves a length a2b_base64 refuses
+
+
 def decode_base64(text: str) -> bytes:
     """URL-safe or standard base64, padded or not; raises ``ValueError`` saying what is wrong."""
-    raw = text.encode("ascii")  # UnicodeEncodeError is a ValueError: not base64 either
-    raw = raw.translate(_URLSAFE)
-    missing = -len(raw) % 4
-    if missing:
-        raw += b"=" * missing
-    return binascii.a2b_base64(raw, strict_mode=True)
+    # UnicodeEncodeError is a ValueError: not base64 either. Strict mode refuses characters outside the
+    # alphabet and misplaced padding instead of skipping them.
+    return binascii.a2b_base64((text + _PAD[len(text) & 3]).encode("ascii").translate(_URLSAFE), strict_mode=True)
 
 
 def _timestamp(value: str) -> datetime | None:
@@ -119,8 +125,8 @@ def _timestamp(value: str) -> datetime | None:
         return None
 
 
-def _fail(envelope: Envelope, field: str, keyword: str, message: str) -> None:
-    envelope.fail(ErrorDetail(path=f"$.atomic.{field}", keyword=keyword, message=message))
+def _error(field: str, keyword: str, message: str) -> ErrorDetail:
+    return ErrorDetail(path=f"$.atomic.{field}", keyword=keyword, message=message)
 
 
 class EventBuilder:
@@ -139,15 +145,17 @@ class EventBuilder:
         self.strict = strict
 
     def build(self, fields: dict[str, Any], source: Source, now: datetime) -> Envelope:
-        """One envelope for one tracker event whose values are all strings."""
-        envelope = Envelope(
-            id=new_event_id(), collector_tstamp=now, source=source, protocol=PROTOCOL, atomic=fields
-        )
+        """One envelope for one tracker event whose values are all strings.
+
+        Everything is gathered in locals and the envelope is made in one call at the end; errors are
+        collected only when something is wrong.
+        """
         keys = fields.keys()
+        errors: list[ErrorDetail] | None = None
         # Set comparisons run in C; the detailed checks run only for events that fail them.
         atomic_ok = (FIELDS.issuperset(keys) or not self.strict) and keys >= _REQUIRED
         if not atomic_ok:
-            self._field_errors(envelope, fields)
+            errors = self._field_errors(fields)
         stamp = None
         for name in _TIMESTAMPS:
             value = fields.get(name)
@@ -157,44 +165,170 @@ class EventBuilder:
                         stamp = value
                 else:
                     atomic_ok = False
-                    _fail(envelope, name, "timestamp", f"`{name}` must be epoch milliseconds, got {value[:40]!r}")
+                    errors = _add(errors, _error(
+                        name, "timestamp", f"`{name}` must be epoch milliseconds, got {value[:40]!r}"
+                    ))
+        event_tstamp = None
         if stamp is not None:
-            envelope.event_tstamp = _timestamp(stamp)
-            if envelope.event_tstamp is None:
+            event_tstamp = _timestamp(stamp)
+            if event_tstamp is None:
                 atomic_ok = False
-                _fail(envelope, "dtm", "timestamp", f"{stamp} milliseconds is out of range for a date")
+                errors = _add(errors, _error("dtm", "timestamp", f"{stamp} milliseconds is out of range for a date"))
         if not keys.isdisjoint(_OVERRIDES):
-            envelope.source = _override(source, fields)
+            source = _override(source, fields)
+        contexts = None
         if not keys.isdisjoint(_CONTEXT_FIELDS):
-            self._contexts(envelope, fields)
+            contexts, error = _contexts(fields)
+            if error is not None:
+                errors = _add(errors, error)
         kind = fields.get("e")
+        schema: str | None = None
+        parts: tuple[str | None, str | None, str | None, str | None] = _NO_PARTS
+        payload: Any = fields
         if kind == "ue":
-            self._unstruct(envelope, fields)
+            unstruct, error = _unstruct(fields)
+            if error is not None:
+                errors = _add(errors, error)
+            elif unstruct is not None:
+                # The event's own schema is checked even when the atomic fields are wrong: more to fix at once.
+                schema = unstruct.schema
+                payload = unstruct.data
+                parts = _schema_parts(schema)
         elif kind in EVENT_TYPES:
-            envelope.payload = fields
             if atomic_ok:
-                envelope.schema = self.atomic_schema
-                (
-                    envelope.schema_vendor,
-                    envelope.schema_name,
-                    envelope.schema_format,
-                    envelope.schema_version,
-                ) = self.atomic_schema_parts
-        else:
-            envelope.payload = fields
-            if kind is not None:
-                known = ", ".join(EVENT_TYPES)
-                _fail(envelope, "e", "enum", f"unknown event type {kind[:40]!r}; expected one of {known}")
-        return envelope
+                schema = self.atomic_schema
+                parts = self.atomic_schema_parts
+        elif kind is not None:
+            known = ", ".join(EVENT_TYPES)
+            errors = _add(errors, _error("e", "enum", f"unknown event type {kind[:40]!r}; expected one of {known}"))
+        return Envelope(
+            id=new_event_id(),
+            collector_tstamp=now,
+            source=source,
+            protocol=PROTOCOL,
+            payload=payload,
+            schema=schema,
+            schema_vendor=parts[0],
+            schema_name=parts[1],
+            schema_format=parts[2],
+            schema_version=parts[3],
+            event_tstamp=event_tstamp,
+            contexts=contexts,
+            atomic=fields,
+            valid=errors is None,
+            errors=errors,
+        )
 
-    def _field_errors(self, envelope: Envelope, fields: dict[str, Any]) -> None:
+    def build_many(self, items: list[dict[str, Any]], source: Source, now: datetime) -> list[Envelope]:
+        """Envelopes for the tracker events of one request, each an object of strings, in order.
+
+        The result is what :meth:`build` gives for each item. The usual event (known fields, no tracker
+        overrides, ``dtm``/``stm`` in epoch milliseconds, a base64 ``ue_px`` and ``cx`` that decode into
+        their wrappers) is built inline, with no function call of its own; at the first surprise, before
+        anything is changed, the item goes to :meth:`build`, which says what is wrong.
+        """
+        build = self.build
+        strict = self.strict
+        atomic_schema = self.atomic_schema
+        atomic_parts = self.atomic_schema_parts
+        a2b = binascii.a2b_base64
+        fromtimestamp = datetime.fromtimestamp
+        out: list[Envelope] = []
+        append = out.append
+        for fields, event_id in zip(items, new_event_ids(len(items)), strict=True):
+            keys = fields.keys()
+            if not ((not strict or FIELDS.issuperset(keys)) and keys >= _REQUIRED and keys.isdisjoint(_UNUSUAL)):
+                append(build(fields, source, now))
+                continue
+            dtm = fields.get("dtm")
+            stm = fields.get("stm")
+            stamp = dtm if dtm is not None else stm
+            event_tstamp = None
+            if stamp is not None:
+                if (
+                    not (stamp.isdigit() and stamp.isascii() and len(stamp) <= 15)
+                    or (stm is not None and not (stm.isdigit() and stm.isascii() and len(stm) <= 15))
+                ):
+                    append(build(fields, source, now))
+                    continue
+                try:
+                    event_tstamp = fromtimestamp(int(stamp) / 1000, UTC)
+                except (OverflowError, OSError, ValueError):
+                    append(build(fields, source, now))
+                    continue
+            contexts = None
+            cx = fields.get("cx")
+            if cx is not None:
+                try:
+                    wrapper = _decode_contexts(
+                        a2b((cx + _PAD[len(cx) & 3]).encode("ascii").translate(_URLSAFE), strict_mode=True)
+                    )
+                except (ValueError, msgspec.DecodeError):
+                    wrapper = None
+                if wrapper is None or not wrapper.schema.startswith(CONTEXTS_PREFIX):
+                    append(build(fields, source, now))
+                    continue
+                contexts = wrapper.data
+            kind = fields["e"]
+            if kind == "ue":
+                ue = fields.get("ue_px")
+                if ue is None:
+                    append(build(fields, source, now))
+                    continue
+                try:
+                    unstruct = _decode_unstruct(
+                        a2b((ue + _PAD[len(ue) & 3]).encode("ascii").translate(_URLSAFE), strict_mode=True)
+                    )
+                except (ValueError, msgspec.DecodeError):
+                    unstruct = None
+                if unstruct is None or not unstruct.schema.startswith(UNSTRUCT_PREFIX):
+                    append(build(fields, source, now))
+                    continue
+                inner = unstruct.data
+                schema = inner.schema
+                payload = inner.data
+                parts = _PARTS.get(schema) or _schema_parts(schema)
+                del fields["ue_px"]
+            elif kind in EVENT_TYPES:
+                schema = atomic_schema
+                parts = atomic_parts
+                payload = fields
+            else:
+                append(build(fields, source, now))
+                continue
+            if contexts is not None:
+                del fields["cx"]
+            append(
+                Envelope(
+                    id=event_id,
+                    collector_tstamp=now,
+                    source=source,
+                    protocol=PROTOCOL,
+                    payload=payload,
+                    schema=schema,
+                    schema_vendor=parts[0],
+                    schema_name=parts[1],
+                    schema_format=parts[2],
+                    schema_version=parts[3],
+                    event_tstamp=event_tstamp,
+                    contexts=contexts,
+                    atomic=fields,
+                )
+            )
+        return out
+
+    def _field_errors(self, fields: dict[str, Any]) -> list[ErrorDetail] | None:
         keys = fields.keys()
+        errors = []
         if self.strict:
-            for name in sorted(keys - FIELDS):
-                _fail(envelope, name, "additionalProperties",
-                      f"`{name}` is not a tracker protocol field (payload_data 1-0-4)")
-        for name in sorted(_REQUIRED - keys):
-            _fail(envelope, name, "required", f"the tracker field `{name}` is required")
+            errors += [
+                _error(name, "additionalProperties", f"`{name}` is not a tracker protocol field (payload_data 1-0-4)")
+                for name in sorted(keys - FIELDS)
+            ]
+        errors += [
+            _error(name, "required", f"the tracker field `{name}` is required") for name in sorted(_REQUIRED - keys)
+        ]
+        return errors or None
 
     def build_invalid(self, item: Any, source: Source, now: datetime, errors: list[ErrorDetail]) -> Envelope:
         """An envelope for a tp2 item that is not an object of strings; the item is kept as sent."""
@@ -206,71 +340,61 @@ class EventBuilder:
             envelope.fail(error)
         return envelope
 
-    @staticmethod
-    def _contexts(envelope: Envelope, fields: dict[str, Any]) -> None:
-        name = "cx" if "cx" in fields else "co"
-        text = fields[name]
-        try:
-            raw: bytes | str = decode_base64(text) if name == "cx" else text
-        except ValueError as exc:
-            _fail(envelope, name, "base64", f"`cx` is not base64: {exc}")
-            return
-        try:
-            wrapper = _decode_contexts(raw)
-        except msgspec.ValidationError as exc:
-            _fail(envelope, name, "contexts", f"`{name}` is not a contexts wrapper {{schema, data: [...]}}: {exc}")
-            return
-        except msgspec.DecodeError as exc:
-            _fail(envelope, name, "json", f"`{name}` does not hold JSON: {exc}")
-            return
-        if not wrapper.schema.startswith(CONTEXTS_PREFIX):
-            _fail(envelope, name, "contexts",
-                  f"`{name}` must be wrapped in {CONTEXTS_PREFIX}*, not {wrapper.schema[:200]!r}")
-            return
-        envelope.contexts = wrapper.data
-        del fields[name]
 
-    @staticmethod
-    def _unstruct(envelope: Envelope, fields: dict[str, Any]) -> None:
-        name = "ue_px" if "ue_px" in fields else "ue_pr"
-        text = fields.get(name)
-        if text is None:
-            envelope.payload = fields
-            _fail(envelope, "ue_px", "required", "a `ue` event needs `ue_px` (base64) or `ue_pr` (JSON)")
-            return
-        try:
-            raw: bytes | str = decode_base64(text) if name == "ue_px" else text
-        except ValueError as exc:
-            envelope.payload = fields
-            _fail(envelope, name, "base64", f"`ue_px` is not base64: {exc}")
-            return
-        try:
-            wrapper = _decode_unstruct(raw)
-        except msgspec.ValidationError as exc:
-            envelope.payload = fields
-            _fail(envelope, name, "unstruct_event",
-                  f"`{name}` is not an unstruct_event wrapper {{schema, data: {{schema, data}}}}: {exc}")
-            return
-        except msgspec.DecodeError as exc:
-            envelope.payload = fields
-            _fail(envelope, name, "json", f"`{name}` does not hold JSON: {exc}")
-            return
-        if not wrapper.schema.startswith(UNSTRUCT_PREFIX):
-            envelope.payload = fields
-            _fail(envelope, name, "unstruct_event",
-                  f"`{name}` must be wrapped in {UNSTRUCT_PREFIX}*, not {wrapper.schema[:200]!r}")
-            return
-        del fields[name]
-        inner = wrapper.data
-        envelope.payload = inner.data
-        # The event's own schema is checked even when the atomic fields are wrong: more to fix at once.
-        envelope.schema = inner.schema
-        (
-            envelope.schema_vendor,
-            envelope.schema_name,
-            envelope.schema_format,
-            envelope.schema_version,
-        ) = _schema_parts(inner.schema)
+def _add(errors: list[ErrorDetail] | None, error: ErrorDetail) -> list[ErrorDetail]:
+    if errors is None:
+        return [error]
+    errors.append(error)
+    return errors
+
+
+def _contexts(fields: dict[str, Any]) -> tuple[list[SelfDescribing] | None, ErrorDetail | None]:
+    """The contexts in ``cx`` (base64) or ``co`` (JSON), removed from ``fields``; or the error, leaving it there."""
+    name = "cx" if "cx" in fields else "co"
+    text = fields[name]
+    try:
+        raw: bytes | str = decode_base64(text) if name == "cx" else text
+    except ValueError as exc:
+        return None, _error(name, "base64", f"`cx` is not base64: {exc}")
+    try:
+        wrapper = _decode_contexts(raw)
+    except msgspec.ValidationError as exc:
+        return None, _error(name, "contexts", f"`{name}` is not a contexts wrapper {{schema, data: [...]}}: {exc}")
+    except msgspec.DecodeError as exc:
+        return None, _error(name, "json", f"`{name}` does not hold JSON: {exc}")
+    if not wrapper.schema.startswith(CONTEXTS_PREFIX):
+        return None, _error(
+            name, "contexts", f"`{name}` must be wrapped in {CONTEXTS_PREFIX}*, not {wrapper.schema[:200]!r}"
+        )
+    del fields[name]
+    return wrapper.data, None
+
+
+def _unstruct(fields: dict[str, Any]) -> tuple[SelfDescribing | None, ErrorDetail | None]:
+    """The event in ``ue_px`` (base64) or ``ue_pr`` (JSON), removed from ``fields``; or the error, leaving it there."""
+    name = "ue_px" if "ue_px" in fields else "ue_pr"
+    text = fields.get(name)
+    if text is None:
+        return None, _error("ue_px", "required", "a `ue` event needs `ue_px` (base64) or `ue_pr` (JSON)")
+    try:
+        raw: bytes | str = decode_base64(text) if name == "ue_px" else text
+    except ValueError as exc:
+        return None, _error(name, "base64", f"`ue_px` is not base64: {exc}")
+    try:
+        wrapper = _decode_unstruct(raw)
+    except msgspec.ValidationError as exc:
+        return None, _error(
+            name, "unstruct_event",
+            f"`{name}` is not an unstruct_event wrapper {{schema, data: {{schema, data}}}}: {exc}",
+        )
+    except msgspec.DecodeError as exc:
+        return None, _error(name, "json", f"`{name}` does not hold JSON: {exc}")
+    if not wrapper.schema.startswith(UNSTRUCT_PREFIX):
+        return None, _error(
+            name, "unstruct_event", f"`{name}` must be wrapped in {UNSTRUCT_PREFIX}*, not {wrapper.schema[:200]!r}"
+        )
+    del fields[name]
+    return wrapper.data, None
 
 
 def _override(source: Source, fields: dict[str, Any]) -> Source:

@@ -237,9 +237,8 @@ class SnowplowRoute(Route):
             return error_response(400, exc.kind, str(exc))
         source = ingest.source(request)
         now = utc_now()
-        build = self.builder.build
         if typed:
-            envelopes = [build(item, source, now) for item in items]
+            envelopes = self.builder.build_many(items, source, now)
         else:
             envelopes = [self._build_checked(item, source, now) for item in items]
         failure = await ingest.deliver(envelopes)

@@ -1,0 +1,71 @@
+"""Delivery: the acknowledgement of one input unit, settled by sink workers, awaited by the input."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from streamer.core.delivery import Delivery, DeliveryFailed
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_unit_owing_nothing_is_done_when_sealed() -> None:
+    delivery = Delivery()
+    delivery.seal()
+    assert delivery.done
+    with anyio.fail_after(1):
+        await delivery.wait()
+
+
+async def test_a_unit_settled_before_the_wait_returns_at_once() -> None:
+    delivery = Delivery()
+    delivery.expect(2)
+    delivery.seal()
+    delivery.settle()
+    assert not delivery.done
+    delivery.settle()
+    assert delivery.done
+    with anyio.fail_after(1):
+        await delivery.wait()
+
+
+async def test_the_waiter_wakes_when_the_last_copy_is_settled() -> None:
+    delivery = Delivery()
+    delivery.expect(2)
+    delivery.seal()
+    woke: list[bool] = []
+
+    async def waiter() -> None:
+        await delivery.wait()
+        woke.append(True)
+
+    with anyio.fail_after(1):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(0.01)
+            delivery.settle()
+            await anyio.sleep(0.01)
+            assert woke == []  # one copy still owed
+            delivery.settle()
+    assert woke == [True]
+
+
+async def test_the_first_failure_is_raised_to_the_waiter() -> None:
+    delivery = Delivery(anyio.Event)
+    delivery.expect(2)
+    delivery.seal()
+    first = DeliveryFailed("a", OSError("disk full"))
+
+    async def fail_later() -> None:
+        await anyio.sleep(0.01)
+        delivery.fail(first)
+        delivery.fail(DeliveryFailed("b", OSError("other")))
+
+    with anyio.fail_after(1):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(fail_later)
+            with pytest.raises(DeliveryFailed) as raised:
+                await delivery.wait()
+    assert raised.value is first
+    assert "disk full" in str(raised.value)
