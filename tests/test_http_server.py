@@ -201,3 +201,49 @@ async def test_cookie_and_authorization_are_never_recorded(tmp_path: Path) -> No
     text = (tmp_path / "valid.jsonl").read_text()
     assert "secret" not in text
     assert read_jsonl(tmp_path / "valid.jsonl")[0]["source"]["headers"]["x-kept"] == "yes"
+
+
+async def test_a_client_that_never_reads_its_responses_is_dropped(tmp_path: Path) -> None:
+    import socket
+
+    # 404s echo their 8 KB path: ~8 MB of responses, more than the kernel buffers of both ends hold.
+    count = 1_000
+    async with running(PIPELINE, tmp_path) as p:
+        port = http_port(p)
+        server = p.inputs[0].server
+        assert server is not None
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", port))
+        client.setblocking(False)
+        requests = b"GET /" + b"a" * 8000 + b" HTTP/1.1\r\nhost: x\r\n\r\n"
+        requests *= count
+        try:
+            sent = 0
+            with anyio.move_on_after(2):  # until the server, blocked on its responses, stops reading
+                while sent < len(requests):
+                    try:
+                        sent += client.send(requests[sent : sent + 65536])
+                    except BlockingIOError:
+                        await anyio.sleep(0.01)
+                    except ConnectionError:  # already dropped, while we were still writing
+                        break
+            with anyio.fail_after(5):
+                while not server._connections and sent == len(requests):  # noqa: ASYNC110 - no event to wait on
+                    await anyio.sleep(0.01)
+            # The server blocks writing responses nobody reads; past body_timeout (0.5 s) it lets go.
+            with anyio.fail_after(5):
+                while server._connections:  # noqa: ASYNC110 - polls server internals, which have no event
+                    await anyio.sleep(0.05)
+            received = b""
+            client.setblocking(True)
+            client.settimeout(2)
+            try:
+                while chunk := client.recv(65536):
+                    received += chunk
+            except (ConnectionError, TimeoutError):
+                pass
+            assert received.count(b"HTTP/1.1 404") < count, "dropped mid-send, not closed after answering all"
+            await still_serving(port)
+        finally:
+            client.close()

@@ -215,13 +215,14 @@ class _Connection:
 _IDLE = 0  # waiting for the next request: close quietly (also closed at once by the drain)
 _READING = 1  # in the middle of a request: 408
 _HANDLING = 2  # running the app: the timeout response (503)
-_SENDING = 3  # writing the response: no deadline
+_SENDING = 3  # writing the response: a client that does not read it is dropped (body timeout)
 
 
 class HttpServer:
     """Serves ``app`` on ``host:port`` until ``stopping`` is set.
 
-    Timeouts (header, body, idle, handler) are deadlines on the connection, checked by one watchdog
+    Timeouts (header, body, idle, handler, and sending: a client must take its response within the
+    body timeout) are deadlines on the connection, checked by one watchdog
     task every ``tick`` seconds (an eighth of the shortest timeout, at most one second), which cancels
     the connection's scope once its deadline has passed. Arming a timer per read and per request costs
     more than the rest of the server's work for a small request; a deadline here is a float.
@@ -367,7 +368,8 @@ class HttpServer:
                     return  # too late: the client gets the timeout response instead
                 connection.phase = _SENDING
                 connection.request = None
-                connection.deadline = math.inf
+                # A client that stops reading would otherwise hold this task and its socket forever.
+                connection.deadline = monotonic() + limits.body_timeout
                 await stream.send(encode_response(response, keep_alive))
                 if not keep_alive:
                     return

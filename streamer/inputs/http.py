@@ -76,7 +76,10 @@ class HttpInputSpec(InputSpec, tag="http", kw_only=True):
     header_timeout: Annotated[
         float, msgspec.Meta(gt=0, description="Seconds a client has to send the request head.")
     ] = 10.0
-    body_timeout: Annotated[float, msgspec.Meta(gt=0, description="Seconds a client has to send the body.")] = 30.0
+    body_timeout: Annotated[
+        float,
+        msgspec.Meta(gt=0, description="Seconds a client has to send a body, and to take a response it is sent."),
+    ] = 30.0
     idle_timeout: Annotated[
         float, msgspec.Meta(gt=0, description="Seconds a keep-alive connection may sit idle.")
     ] = 60.0
