@@ -173,3 +173,25 @@ def test_cli_version() -> None:
     result = run_cli("version")
     assert result.returncode == 0
     assert result.stdout.startswith("streamer ")
+
+
+def test_gc_threshold_defaults_and_zero_keeps_pythons_collector() -> None:
+    import gc
+
+    from streamer.cli import tune_gc
+
+    assert compile_text(MINIMAL).runtime.gc_threshold == 50_000
+    assert compile_text("runtime:\n  gc_threshold: 0\n" + MINIMAL).runtime.gc_threshold == 0
+    before = gc.get_threshold()
+    try:
+        tune_gc(0)
+        assert gc.get_threshold() == before
+        tune_gc(12_345)
+        assert gc.get_threshold() == (12_345, *before[1:])
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+
+def test_negative_gc_threshold_is_refused() -> None:
+    assert any("gc_threshold" in p or ">= 0" in p for p in problems("runtime:\n  gc_threshold: -1\n" + MINIMAL))
