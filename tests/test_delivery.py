@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from streamer.core.delivery import Delivery, DeliveryFailed
+from streamer.core.delivery import Delivery, DeliveryFailed, LoopEvent
 
 pytestmark = pytest.mark.anyio
 
@@ -69,3 +69,28 @@ async def test_the_first_failure_is_raised_to_the_waiter() -> None:
                 await delivery.wait()
     assert raised.value is first
     assert "disk full" in str(raised.value)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_asyncio_loop_event_wakes_after_a_cancelled_waiter(anyio_backend: str) -> None:
+    delivery = Delivery(LoopEvent)
+    delivery.expect(1)
+    delivery.seal()
+    with anyio.move_on_after(0.01) as scope:
+        await delivery.wait()  # an HTTP request that timed out
+    assert scope.cancelled_caught
+    woke: list[bool] = []
+
+    async def waiter() -> None:
+        await delivery.wait()
+        woke.append(True)
+
+    with anyio.fail_after(1):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(0.01)
+            assert woke == []
+            delivery.settle()
+    assert woke == [True]
+    with anyio.fail_after(1):
+        await delivery.wait()  # settled: returns at once

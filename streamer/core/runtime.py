@@ -27,7 +27,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from streamer.core.components import Batch, Context, DeliverySpec, Input, Processor, Sink
-from streamer.core.delivery import Delivery, DeliveryFailed
+from streamer.core.delivery import Delivery, DeliveryFailed, LoopEvent
 from streamer.core.envelope import Envelope
 from streamer.core.registry import SchemaResolver
 
@@ -220,7 +220,7 @@ class Pipeline:
         self.exit_code = EXIT_OK
         # The running backend's event class, found once in run(): anyio.Event() looks the backend up
         # on every call (~3 us per unit).
-        self._new_event: Callable[[], anyio.Event] = anyio.Event
+        self._new_event: Callable[[], anyio.Event | LoopEvent] = anyio.Event
 
     async def submit(self, envelopes: list[Envelope]) -> Delivery:
         """Process one input unit inline and hand it to the sinks; waits while sink buffers are full."""
@@ -310,7 +310,7 @@ class Pipeline:
         self, *, handle_signals: bool = False, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> int:
         """Open sinks, run inputs until they end or a stop, drain, close; return the exit code."""
-        self._new_event = type(anyio.Event())
+        self._new_event = LoopEvent if self.context.backend == "asyncio" else type(anyio.Event())
         opened: list[Sink] = []
         try:
             await self.resolver.open()

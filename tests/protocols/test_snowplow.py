@@ -273,9 +273,29 @@ def test_base64_variants_decode_alike() -> None:
         base64.b64encode(raw).decode().rstrip("="),
     ):
         assert decode_base64(text) == raw
-    for bad in ("a", "ab!c", "é"):
+    for bad in ("a", "ab!c", "é", "YW Jj", "YW==Jj", "YWJj\n"):
         with pytest.raises(ValueError):
             decode_base64(bad)
+
+
+def test_simd_base64_agrees_with_the_standard_library() -> None:
+    """The `fast` extra's pybase64 decodes what the stdlib fallback does, and refuses only what it refuses or a
+    mix of both alphabets (which the fallback then takes)."""
+    pytest.importorskip("pybase64", reason="pybase64 comes with the `fast` extra: pip install 'streamer[fast]'")
+    from streamer.protocols.snowplow import events
+
+    samples = ["", "YQ", "YWI", "YWJj", "-_-_", "+/+/", "-/+_", "YW Jj", "YW==Jj==", "YQ=", "é", "YQ\x00=", "ab!c"]
+    for text in samples:
+        padded = text + events._PAD[len(text) & 3]
+        try:
+            expected: bytes | type[ValueError] = events._decode_base64_stdlib(padded)
+        except ValueError:
+            expected = ValueError
+        try:
+            got: bytes | type[ValueError] = events._b64decode_padded(padded)
+        except ValueError:
+            got = ValueError
+        assert got == expected or (got is ValueError and "-" in text and "/" in text), text
 
 
 def test_build_many_gives_what_build_gives() -> None:

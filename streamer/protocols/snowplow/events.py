@@ -35,6 +35,7 @@ structs), one ``datetime``, three set comparisons and a few dict reads; in
 from __future__ import annotations
 
 import binascii
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -110,11 +111,36 @@ _decode_contexts = msgspec.json.Decoder(_Contexts).decode
 _PAD = ("", "===", "==", "=")  # by len(text) % 4; 1 leaves a length a2b_base64 refuses
 
 
-def decode_base64(text: str) -> bytes:
-    """URL-safe or standard base64, padded or not; raises ``ValueError`` saying what is wrong."""
+def _decode_base64_stdlib(padded: str) -> bytes:
     # UnicodeEncodeError is a ValueError: not base64 either. Strict mode refuses characters outside the
     # alphabet and misplaced padding instead of skipping them.
-    return binascii.a2b_base64((text + _PAD[len(text) & 3]).encode("ascii").translate(_URLSAFE), strict_mode=True)
+    return binascii.a2b_base64(padded.encode("ascii").translate(_URLSAFE), strict_mode=True)
+
+
+_b64decode_padded: Callable[[str], bytes]
+try:
+    # SIMD base64 (the `fast` extra): about half the cost of translate + a2b_base64 on a tracker's ue_px.
+    from pybase64 import b64decode as _simd_b64decode
+
+    def _b64decode_padded(padded: str) -> bytes:
+        # One alphabet at a time: pybase64 deprecates "+" or "/" in data decoded with altchars "-_".
+        # validate=True refuses what strict mode refuses; a mix of both alphabets fails here and is
+        # left to the standard library, which takes it.
+        if "+" in padded or "/" in padded:
+            return _simd_b64decode(padded, None, True)
+        return _simd_b64decode(padded, b"-_", True)
+
+except ImportError:  # pragma: no cover - the same decoding, slower
+    _b64decode_padded = _decode_base64_stdlib
+
+
+def decode_base64(text: str) -> bytes:
+    """URL-safe or standard base64, padded or not; raises ``ValueError`` saying what is wrong."""
+    padded = text + _PAD[len(text) & 3]
+    try:
+        return _b64decode_padded(padded)
+    except ValueError:
+        return _decode_base64_stdlib(padded)  # raises, with the standard library's explanation
 
 
 def _timestamp(value: str) -> datetime | None:
@@ -231,7 +257,7 @@ class EventBuilder:
         strict = self.strict
         atomic_schema = self.atomic_schema
         atomic_parts = self.atomic_schema_parts
-        a2b = binascii.a2b_base64
+        a2b = _b64decode_padded
         fromtimestamp = datetime.fromtimestamp
         out: list[Envelope] = []
         append = out.append
@@ -261,7 +287,7 @@ class EventBuilder:
             if cx is not None:
                 try:
                     wrapper = _decode_contexts(
-                        a2b((cx + _PAD[len(cx) & 3]).encode("ascii").translate(_URLSAFE), strict_mode=True)
+                        a2b(cx + _PAD[len(cx) & 3])
                     )
                 except (ValueError, msgspec.DecodeError):
                     wrapper = None
@@ -277,7 +303,7 @@ class EventBuilder:
                     continue
                 try:
                     unstruct = _decode_unstruct(
-                        a2b((ue + _PAD[len(ue) & 3]).encode("ascii").translate(_URLSAFE), strict_mode=True)
+                        a2b(ue + _PAD[len(ue) & 3])
                     )
                 except (ValueError, msgspec.DecodeError):
                     unstruct = None
