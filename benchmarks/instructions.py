@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from http_ingest import (  # noqa: E402  (a script beside this one, not a package)
+from http_ingest import (  # a script beside this one, not a package
     HERE,
     PYTHON,
     ROOT,
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         url = f"http://127.0.0.1:{port}/events"
         bare = count("bare", [PYTHON, str(HERE / "bare_server.py"), "--port", str(port)], url, url,
                      bare_bodies, "application/json", args, work)  # fmt: skip
-        print(f"  bare      {bare:12,.0f} instructions/request")
+        print(f"  {'bare':<16}{bare:12,.0f} instructions/request")
         for scenario in scenarios:
             bodies = work / f"{scenario.name}.bodies"
             bodies.write_bytes(b"\n".join(scenario.bodies(64, rng)) + b"\n")
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                                 f"http://127.0.0.1:{port}{scenario.path}", bodies, scenario.content_type,
                                 args, work, env)  # fmt: skip
             per = scenario.events_per_request
-            line = f"  {scenario.name:<9} {per_request:12,.0f} instructions/request"
+            line = f"  {scenario.name:<16}{per_request:12,.0f} instructions/request"
             if per == 1:
                 line += f"; bare/streamer {bare / per_request:.2f} (the rate target is {TARGET_RATIO})"
             else:
