@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import anyio
 import pytest
 
 from streamer.core.delivery import Delivery, DeliveryFailed, LoopEvent
 
 pytestmark = pytest.mark.anyio
+
+
+async def _waiter_woke(delivery: Delivery, meanwhile: Callable[[list[bool]], Awaitable[None]]) -> list[bool]:
+    """Run ``meanwhile`` while a task waits on ``delivery``; what the waiter recorded when it woke."""
+    woke: list[bool] = []
+
+    async def waiter() -> None:
+        await delivery.wait()
+        woke.append(True)
+
+    with anyio.fail_after(1):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(0.01)
+            await meanwhile(woke)
+    return woke
 
 
 async def test_a_unit_owing_nothing_is_done_when_sealed() -> None:
@@ -34,21 +52,14 @@ async def test_the_waiter_wakes_when_the_last_copy_is_settled() -> None:
     delivery = Delivery()
     delivery.expect(2)
     delivery.seal()
-    woke: list[bool] = []
 
-    async def waiter() -> None:
-        await delivery.wait()
-        woke.append(True)
+    async def settle_both(woke: list[bool]) -> None:
+        delivery.settle()
+        await anyio.sleep(0.01)
+        assert woke == []  # one copy still owed
+        delivery.settle()
 
-    with anyio.fail_after(1):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(waiter)
-            await anyio.sleep(0.01)
-            delivery.settle()
-            await anyio.sleep(0.01)
-            assert woke == []  # one copy still owed
-            delivery.settle()
-    assert woke == [True]
+    assert await _waiter_woke(delivery, settle_both) == [True]
 
 
 async def test_the_first_failure_is_raised_to_the_waiter() -> None:
@@ -79,18 +90,11 @@ async def test_the_asyncio_loop_event_wakes_after_a_cancelled_waiter(anyio_backe
     with anyio.move_on_after(0.01) as scope:
         await delivery.wait()  # an HTTP request that timed out
     assert scope.cancelled_caught
-    woke: list[bool] = []
 
-    async def waiter() -> None:
-        await delivery.wait()
-        woke.append(True)
+    async def settle(woke: list[bool]) -> None:
+        assert woke == []
+        delivery.settle()
 
-    with anyio.fail_after(1):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(waiter)
-            await anyio.sleep(0.01)
-            assert woke == []
-            delivery.settle()
-    assert woke == [True]
+    assert await _waiter_woke(delivery, settle) == [True]
     with anyio.fail_after(1):
         await delivery.wait()  # settled: returns at once
