@@ -90,6 +90,9 @@ def count(
         process.terminate()
         process.wait(timeout=120)
     dump = Path(f"{out}.1")
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(dump, args.keep / f"callgrind-{name}.out")
     summary = next(line for line in dump.read_text().splitlines() if line.startswith("summary:"))
     return int(summary.split()[1]) / max(requests, 1)
 
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="counted seconds per server (20)")
     parser.add_argument("--warmup", type=float, default=5.0, help="uncounted warm-up seconds per server (5)")
     parser.add_argument("--connections", type=int, default=64, help="keep-alive connections (64)")
+    parser.add_argument("--keep", type=Path, help="copy each callgrind dump here, for callgrind_annotate")
     args = parser.parse_args(argv)
     missing = [tool for tool in ("valgrind", "callgrind_control", "wrk") if shutil.which(tool) is None]
     if missing:

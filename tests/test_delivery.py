@@ -98,3 +98,24 @@ async def test_the_asyncio_loop_event_wakes_after_a_cancelled_waiter(anyio_backe
     assert await _waiter_woke(delivery, settle) == [True]
     with anyio.fail_after(1):
         await delivery.wait()  # settled: returns at once
+
+
+def test_on_done_is_called_once_when_the_unit_is_done() -> None:
+    calls: list[Delivery] = []
+    delivery = Delivery()
+    delivery.expect(2)
+    delivery.seal()
+    delivery.on_done(calls.append)
+    delivery.settle()
+    assert calls == []
+    delivery.fail(DeliveryFailed("out", OSError("disk full")))
+    delivery.settle()  # a late settle after the failure finishes nothing more
+    assert calls == [delivery] and delivery.failure is not None
+
+
+def test_on_done_of_a_done_unit_is_called_at_once() -> None:
+    calls: list[Delivery] = []
+    delivery = Delivery()
+    delivery.seal()
+    delivery.on_done(calls.append)
+    assert calls == [delivery]

@@ -9,10 +9,10 @@ level, so that compiling a pipeline imports only what it uses.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol
 
 import anyio
 import msgspec
@@ -42,8 +42,20 @@ __all__ = [
 BOTH_BACKENDS: frozenset[str] = frozenset({"asyncio", "trio"})
 ASYNCIO_ONLY: frozenset[str] = frozenset({"asyncio"})
 
-Submit = Callable[[list[Envelope]], Awaitable["Delivery"]]
-"""Run processors inline, route to sinks (awaiting buffer space), return the unit's delivery."""
+class Submit(Protocol):
+    """How an input hands one unit to its pipeline.
+
+    ``await submit(envelopes)`` runs the processors inline and routes the envelopes to the sinks'
+    buffers, waiting while one is full (backpressure); it returns the unit's delivery.
+    ``submit.nowait(envelopes)`` does the same without waiting when it can: it returns the delivery
+    when every processor finished at once and every buffer had room, else an awaitable that finishes
+    the job from the step that could not (await it to get the delivery). Inputs that answer from
+    callbacks rather than tasks use it.
+    """
+
+    def __call__(self, envelopes: list[Envelope], /) -> Awaitable[Delivery]: ...
+
+    def nowait(self, envelopes: list[Envelope], /) -> Delivery | Awaitable[Delivery]: ...
 
 
 class Spec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
@@ -165,6 +177,15 @@ class Processor(Component, ABC):
 
     @abstractmethod
     async def process(self, envelopes: list[Envelope]) -> list[Envelope]: ...
+
+    def process_nowait(self, envelopes: list[Envelope]) -> list[Envelope] | None:
+        """What :meth:`process` returns, when it can be had without waiting; else ``None``.
+
+        ``None`` means that nothing was changed: the pipeline then awaits :meth:`process` instead.
+        Processors that never wait implement both (``process`` returning this); the default never
+        finishes at once.
+        """
+        return None
 
 
 class Batch:

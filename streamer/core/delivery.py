@@ -70,7 +70,7 @@ class Delivery:
     backend's event class on trio, which skip anyio's backend lookup (~3 us per unit).
     """
 
-    __slots__ = ("_event", "_new_event", "done", "failure", "pending")
+    __slots__ = ("_callback", "_event", "_new_event", "done", "failure", "pending")
 
     def __init__(self, new_event: Callable[[], anyio.Event | LoopEvent] = anyio.Event) -> None:
         self.pending = 0
@@ -79,6 +79,7 @@ class Delivery:
         """Every required copy is written, or one failed."""
         self._event: anyio.Event | LoopEvent | None = None
         self._new_event = new_event
+        self._callback: Callable[[Delivery], object] | None = None
 
     def expect(self, copies: int) -> None:
         """Called by the router before it hands copies to sinks."""
@@ -101,10 +102,25 @@ class Delivery:
             self.failure = failure
         self._finish()
 
+    def on_done(self, callback: Callable[[Delivery], object]) -> None:
+        """Call ``callback(self)`` once, when the unit is done (at once if it is), instead of waiting.
+
+        For inputs that answer from callbacks rather than tasks. It runs in the task that settles the
+        unit (a sink worker), so it must be quick and must not raise.
+        """
+        if self.done:
+            callback(self)
+        else:
+            self._callback = callback
+
     def _finish(self) -> None:
         self.done = True
         if self._event is not None:
             self._event.set()
+        callback = self._callback
+        if callback is not None:
+            self._callback = None
+            callback(self)
 
     async def wait(self) -> None:
         """Wait until every required copy is written; raise :class:`DeliveryFailed` if one was not.

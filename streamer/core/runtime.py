@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -188,6 +188,19 @@ class SinkWorker:
             return
 
 
+class _Submit:
+    """What the pipeline's inputs get as ``submit`` (see :class:`~streamer.core.components.Submit`)."""
+
+    __slots__ = ("_submit", "nowait")
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.nowait = pipeline.submit_nowait
+        self._submit = pipeline.submit
+
+    def __call__(self, envelopes: list[Envelope]) -> Awaitable[Delivery]:
+        return self._submit(envelopes)
+
+
 class Pipeline:
     """A compiled pipeline, ready to run on the current anyio backend."""
 
@@ -224,8 +237,20 @@ class Pipeline:
 
     async def submit(self, envelopes: list[Envelope]) -> Delivery:
         """Process one input unit inline and hand it to the sinks; waits while sink buffers are full."""
-        for processor in self.processors:
-            envelopes = await processor.process(envelopes)
+        result = self.submit_nowait(envelopes)
+        return result if isinstance(result, Delivery) else await result
+
+    def submit_nowait(self, envelopes: list[Envelope]) -> Delivery | Awaitable[Delivery]:
+        """:meth:`submit` without waiting: the delivery, or an awaitable finishing the job (see ``Submit``)."""
+        for index, processor in enumerate(self.processors):
+            processed = processor.process_nowait(envelopes)
+            if processed is None:
+                return self._submit_from(index, envelopes)
+            envelopes = processed
+        return self._route(envelopes)
+
+    def _route(self, envelopes: list[Envelope]) -> Delivery | Awaitable[Delivery]:
+        """Hand processed envelopes to the sinks' buffers: the delivery, or an awaitable while one is full."""
         delivery = Delivery(self._new_event)
         if not envelopes:
             delivery.seal()
@@ -242,14 +267,25 @@ class Pipeline:
         # Count every required copy before sending any, so an early settle cannot finish the unit.
         delivery.expect(required)
         delivery.seal()
-        for worker, part in copies:
-            item = (part, delivery if worker.required else None)
+        for index, (worker, part) in enumerate(copies):
             try:
                 # No checkpoint while there is room (anyio's send() yields to the loop first, ~5 us per
                 # request); the caller's next step, waiting on the delivery, yields anyway.
-                worker.send_stream.send_nowait(item)
+                worker.send_stream.send_nowait((part, delivery if worker.required else None))
             except anyio.WouldBlock:
-                await worker.send_stream.send(item)  # the buffer is full: wait here (backpressure)
+                return self._send_rest(copies[index:], delivery)  # a buffer is full: wait (backpressure)
+        return delivery
+
+    async def _submit_from(self, first: int, envelopes: list[Envelope]) -> Delivery:
+        """The rest of :meth:`submit_nowait` once processor ``first`` has to wait."""
+        for processor in self.processors[first:]:
+            envelopes = await processor.process(envelopes)
+        routed = self._route(envelopes)
+        return routed if isinstance(routed, Delivery) else await routed
+
+    async def _send_rest(self, copies: list[tuple[SinkWorker, list[Envelope]]], delivery: Delivery) -> Delivery:
+        for worker, part in copies:
+            await worker.send_stream.send((part, delivery if worker.required else None))
         return delivery
 
     def _split(self, envelopes: list[Envelope]) -> list[tuple[SinkWorker, list[Envelope]]]:
@@ -328,7 +364,7 @@ class Pipeline:
                             sink_tasks.start_soon(worker.run)
                         async with anyio.create_task_group() as input_tasks:
                             for pipeline_input in self.inputs:
-                                await input_tasks.start(pipeline_input.run, self.submit)
+                                await input_tasks.start(pipeline_input.run, _Submit(self))
                             log.info(
                                 "pipeline started pipeline=%s backend=%s inputs=%s sinks=%s",
                                 self.name, self.context.backend,

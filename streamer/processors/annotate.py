@@ -30,6 +30,9 @@ class Annotate(Processor):
     spec: AnnotateSpec
 
     async def process(self, envelopes: list[Envelope]) -> list[Envelope]:
+        return self.process_nowait(envelopes)
+
+    def process_nowait(self, envelopes: list[Envelope]) -> list[Envelope]:
         tags = self.spec.tags
         if tags:
             for envelope in envelopes:

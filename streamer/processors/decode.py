@@ -31,6 +31,9 @@ class Decode(Processor):
     Spec = DecodeSpec
 
     async def process(self, envelopes: list[Envelope]) -> list[Envelope]:
+        return self.process_nowait(envelopes)
+
+    def process_nowait(self, envelopes: list[Envelope]) -> list[Envelope]:
         for index, envelope in enumerate(envelopes):
             if envelope.protocol == "raw" and isinstance(envelope.payload, bytes):
                 envelopes[index] = decode_line(envelope)

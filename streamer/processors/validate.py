@@ -62,17 +62,47 @@ class Validate(Processor):
         super().__init__(spec, context)
         self.resolver: SchemaResolver = context.resolver
 
-    async def _entry(self, uri: str) -> ResolvedSchema:
-        entry = self.resolver.lookup(uri)
-        if entry is None:
-            entry = await self.resolver.resolve(uri)
-        return entry
-
     async def process(self, envelopes: list[Envelope]) -> list[Envelope]:
-        limit = self.spec.max_errors
-        # The entries used by this batch: most batches name a handful of schemas many times over
-        # (a tp2 request: 25 events of one or two schemas, each with the same context).
+        entries = self._cached_entries(envelopes)
+        if entries is None:
+            entries = {}
+            for uri in _schemas_named(envelopes):
+                entry = self.resolver.lookup(uri)
+                entries[uri] = entry if entry is not None else await self.resolver.resolve(uri)
+        return self._check(envelopes, entries)
+
+    def process_nowait(self, envelopes: list[Envelope]) -> list[Envelope] | None:
+        entries = self._cached_entries(envelopes)
+        return None if entries is None else self._check(envelopes, entries)
+
+    def _cached_entries(self, envelopes: list[Envelope]) -> dict[str, ResolvedSchema] | None:
+        """The cache entries of every schema the envelopes name, or ``None`` if one is not cached.
+
+        Most units name a handful of schemas many times over (a tp2 request: 25 events of one or
+        two schemas, each with the same context): one lookup each.
+        """
+        lookup = self.resolver.lookup
         entries: dict[str, ResolvedSchema] = {}
+        for envelope in envelopes:
+            uri = envelope.schema
+            if uri is not None and uri not in entries:
+                entry = lookup(uri)
+                if entry is None:
+                    return None
+                entries[uri] = entry
+            contexts = envelope.contexts
+            if contexts:
+                for context in contexts:
+                    uri = context.schema
+                    if uri not in entries:
+                        entry = lookup(uri)
+                        if entry is None:
+                            return None
+                        entries[uri] = entry
+        return entries
+
+    def _check(self, envelopes: list[Envelope], entries: dict[str, ResolvedSchema]) -> list[Envelope]:
+        limit = self.spec.max_errors
         for envelope in envelopes:
             uri = envelope.schema
             if uri is None:
@@ -80,9 +110,7 @@ class Validate(Processor):
                     continue  # could not even be decoded; its error says why
                 envelope.fail(ErrorDetail(keyword="schema", message="the event names no schema"))
             else:
-                entry = entries.get(uri)
-                if entry is None:
-                    entry = entries[uri] = await self._entry(uri)
+                entry = entries[uri]
                 if entry.error is not None:
                     envelope.fail(ErrorDetail(keyword=entry.error.keyword, message=str(entry.error), schema=uri))
                 elif not entry.validator.is_valid(envelope.payload):
@@ -92,9 +120,7 @@ class Validate(Processor):
             if contexts:
                 for index, context in enumerate(contexts):
                     uri = context.schema
-                    entry = entries.get(uri)
-                    if entry is None:
-                        entry = entries[uri] = await self._entry(uri)
+                    entry = entries[uri]
                     if entry.error is not None:
                         envelope.fail(
                             ErrorDetail(
@@ -109,3 +135,14 @@ class Validate(Processor):
                         for detail in error_details(entry.validator, context.data, uri, root, limit):
                             envelope.fail(detail)
         return envelopes
+
+
+def _schemas_named(envelopes: list[Envelope]) -> list[str]:
+    """Every schema URI the envelopes and their contexts name, once each, in order."""
+    named: dict[str, None] = {}
+    for envelope in envelopes:
+        if envelope.schema is not None:
+            named[envelope.schema] = None
+        for context in envelope.contexts or ():
+            named[context.schema] = None
+    return list(named)
