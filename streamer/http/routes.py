@@ -3,8 +3,15 @@
 A route connector (``streamer/protocols/<name>.py``) declares a ``Spec`` tagged
 by ``type`` and, once built, lists the ``(method, path, handler)`` it serves.
 A path ending in ``/*`` matches any deeper path (``/webhook/*``). Handlers get
-the request and an :class:`Ingest`, which builds source metadata and submits
-envelopes with the input's timeout and acknowledgement rules.
+the request and an :class:`Ingest`, which builds source metadata.
+
+A handler is synchronous: it answers at once with a :class:`Response` (a refusal,
+a preflight), or returns :class:`Accepted`: envelopes for the input to deliver,
+and how to answer once every required sink holds them (the input answers 500
+instead when one failed, 503 when it took too long). Keeping handlers
+synchronous lets the input answer from callbacks, with no task per request. A
+handler with other waiting to do (a schema fetch) may be an ``async def``
+returning its :class:`Response`.
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ from typing import Any, ClassVar
 import msgspec
 
 from streamer.core.components import BOTH_BACKENDS, Context, Spec
-from streamer.http.messages import Request, Response
+from streamer.core.envelope import Envelope
+from streamer.http.messages import JSON_CONTENT_TYPE, Request, Response
 
-__all__ = ["Handler", "Ingest", "Route", "RouteSpec"]
+__all__ = ["Accepted", "Handler", "Ingest", "Route", "RouteSpec", "received"]
 
 
 class RouteSpec(Spec):
@@ -34,18 +42,33 @@ class Ingest(ABC):
     def source(self, request: Request) -> Any:
         """The envelope ``Source`` for a request: input, client IP, user agent, filtered headers."""
 
-    @abstractmethod
-    async def deliver(self, envelopes: list[Any]) -> Response | None:
-        """Submit and wait for acknowledgement.
 
-        Returns ``None`` when every required sink holds the envelopes, or the error
-        response to send instead (500 when a sink failed). Waiting longer than the
-        input's ``request_timeout`` is the server's business: it cancels the handler
-        and answers 503 with Retry-After.
-        """
+class Accepted:
+    """A handler's events, and the response to send once every required sink holds them.
+
+    ``respond(envelopes)`` is called after delivery, when the processors have run (so
+    ``envelope.valid`` is known); it is usually a bound method or a module function, not a closure
+    made per request.
+    """
+
+    __slots__ = ("envelopes", "respond")
+
+    def __init__(self, envelopes: list[Envelope], respond: Callable[[list[Envelope]], Response]) -> None:
+        self.envelopes = envelopes
+        self.respond = respond
 
 
-Handler = Callable[[Request, Ingest], Awaitable[Response]]
+def received(envelopes: list[Envelope]) -> Response:
+    """``200 {"received": n, "invalid": k}``: the usual answer to delivered events."""
+    invalid = 0
+    for envelope in envelopes:
+        if not envelope.valid:
+            invalid += 1
+    # Formatted rather than encoded from a dict; a fresh header list, since CORS and cookies add to it.
+    return Response(200, b'{"received":%d,"invalid":%d}' % (len(envelopes), invalid), [JSON_CONTENT_TYPE])
+
+
+Handler = Callable[[Request, Ingest], "Response | Accepted | Awaitable[Response]"]
 
 
 class Route(ABC):

@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, ClassVar
 
 import anyio
@@ -29,14 +30,14 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from streamer.core.components import Context, Input, InputSpec, Submit
-from streamer.core.delivery import DeliveryFailed
-from streamer.core.envelope import Envelope, Source
+from streamer.core.delivery import Delivery, DeliveryFailed
+from streamer.core.envelope import Source
 from streamer.http.client_ip import ClientIpResolver, ClientIpSpec
 from streamer.http.cookie import NETWORK_USER_ID, CookieSpec, IdentityCookie
 from streamer.http.cors import Cors, CorsSpec
 from streamer.http.messages import Request, Response, error_response, json_response
 from streamer.http.ratelimit import RateLimiter, RateLimitSpec
-from streamer.http.routes import Handler, Ingest, Route
+from streamer.http.routes import Accepted, Handler, Ingest, Route
 from streamer.http.server import HttpServer, Limits
 
 __all__ = ["HttpInput", "HttpInputSpec"]
@@ -134,7 +135,7 @@ class HttpInput(Input, Ingest):
         for route in routes:
             for method, path, handler in route.endpoints():
                 self._add(method, path, handler)
-        self._submit: Submit | None = None
+        self._submit: Submit  # set by run()
         self.server: HttpServer | None = None
 
     def _add(self, method: str, path: str, handler: Handler) -> None:
@@ -162,13 +163,14 @@ class HttpInput(Input, Ingest):
             retry_after=spec.retry_after,
         )
         self.server = HttpServer(
-            self._dispatch, spec.host, spec.port, limits, self.context.stopping, on_timeout=self._timed_out
+            self.answer, spec.host, spec.port, limits, self.context.stopping, on_timeout=self._timed_out
         )
         async with anyio.create_task_group() as tg:
             await tg.start(self.server.serve)
             task_status.started()
 
-    async def _dispatch(self, request: Request) -> Response:
+    def _route(self, request: Request) -> Response | Accepted | Awaitable[Response]:
+        """What the request gets before any delivery: a refusal, a preflight, or its handler's outcome."""
         if self._limiter.enabled and request.path not in _UNLIMITED:
             limited = self._rate_limited(request)
             if limited is not None:
@@ -192,20 +194,73 @@ class HttpInput(Input, Ingest):
                 405, "method_not_allowed", f"{request.method} is not allowed on {request.path}; use {allowed}",
             )
         if self._plain:
-            return await handler(request, self)
-        return await self._for_browsers(handler, request)
-
-    async def _for_browsers(self, handler: Handler, request: Request) -> Response:
-        """Run a handler with the identity cookie given, then add the CORS and Set-Cookie headers."""
-        set_cookie = None
+            return handler(request, self)
         if self._cookie is not None and request.path not in _UNLIMITED:
-            set_cookie = self._cookie.ensure(request)
-        response = await handler(request, self)
+            self._cookie.ensure(request)  # before the handler, which records the id in the source
+        outcome = handler(request, self)
+        return self._for_browsers(request, outcome) if isinstance(outcome, Response) else outcome
+
+    def _for_browsers(self, request: Request, response: Response) -> Response:
+        """Add the CORS and Set-Cookie headers to a handler's response."""
+        if self._plain:
+            return response
         if self._cors is not None:
             self._cors.decorate(request, response)
-        if set_cookie is not None:
-            IdentityCookie.set(response, set_cookie)
+        if self._cookie is not None and request.path not in _UNLIMITED:
+            set_cookie = self._cookie.ensure(request)  # reads back the id given before the handler ran
+            if set_cookie is not None:
+                IdentityCookie.set(response, set_cookie)
         return response
+
+    def _delivered(self, request: Request, accepted: Accepted, delivery: Delivery) -> Response:
+        """The answer to accepted events once their delivery is done."""
+        if delivery.failure is not None:
+            return error_response(500, "sink_failed", str(delivery.failure))
+        return self._for_browsers(request, accepted.respond(accepted.envelopes))
+
+    async def answer(self, request: Request) -> Response:
+        """The response to a request, once every required sink holds its events (for task-based servers)."""
+        outcome = self._route(request)
+        if isinstance(outcome, Response):
+            return outcome
+        if isinstance(outcome, Accepted):
+            return await self._deliver(request, outcome, self._submit(outcome.envelopes))
+        return self._for_browsers(request, await outcome)
+
+    def answer_nowait(
+        self, request: Request, reply: Callable[[Request, Response], None]
+    ) -> Response | Awaitable[Response] | None:
+        """:meth:`answer` without a task when it can be had (for callback-based servers).
+
+        The response, when it is known at once; ``None`` when ``reply(request, response)`` will be
+        called once the sinks hold the events (from the sink worker that settles them); or an
+        awaitable giving the response, when something has to wait (a schema fetch, a full buffer).
+        """
+        outcome = self._route(request)
+        if isinstance(outcome, Response):
+            return outcome
+        if isinstance(outcome, Accepted):
+            submitted = self._submit.nowait(outcome.envelopes)
+            if not isinstance(submitted, Delivery):
+                return self._deliver(request, outcome, submitted)
+            if submitted.done:
+                return self._delivered(request, outcome, submitted)
+            submitted.on_done(lambda delivery: reply(request, self._delivered(request, outcome, delivery)))
+            return None
+        return self._after(request, outcome)
+
+    async def _deliver(self, request: Request, accepted: Accepted, submitted: Awaitable[Delivery]) -> Response:
+        # No timer here: the server cancels a handler that runs past request_timeout and answers
+        # _timed_out(request) (a cancel scope per request cost more than the rest of this method).
+        delivery = await submitted
+        try:
+            await delivery.wait()
+        except DeliveryFailed:
+            pass  # _delivered answers 500
+        return self._delivered(request, accepted, delivery)
+
+    async def _after(self, request: Request, outcome: Awaitable[Response]) -> Response:
+        return self._for_browsers(request, await outcome)
 
     def _timed_out(self, request: Request) -> Response:
         """The answer to a request whose handler the server cancelled after ``request_timeout``."""
@@ -266,14 +321,3 @@ class HttpInput(Input, Ingest):
             headers=kept,
             metadata=None if self._cookie is None else self._identity(request),
         )
-
-    async def deliver(self, envelopes: list[Envelope]) -> Response | None:
-        # No timer here: the server cancels a handler that runs past request_timeout and answers
-        # _timed_out(request) (a cancel scope per request cost more than the rest of this method).
-        assert self._submit is not None
-        try:
-            delivery = await self._submit(envelopes)
-            await delivery.wait()
-        except DeliveryFailed as exc:
-            return error_response(500, "sink_failed", str(exc))
-        return None

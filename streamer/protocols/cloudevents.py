@@ -49,8 +49,8 @@ from urllib.parse import unquote
 import msgspec
 
 from streamer.core.envelope import Envelope, ErrorDetail, Source, new_event_id, set_schema, utc_now
-from streamer.http.messages import Request, Response, error_response, json_response
-from streamer.http.routes import Handler, Ingest, Route, RouteSpec
+from streamer.http.messages import Request, Response, error_response
+from streamer.http.routes import Accepted, Handler, Ingest, Route, RouteSpec, received
 from streamer.registry.builtin import CLOUDEVENT_SCHEMA
 
 __all__ = ["CloudEventsRoute", "CloudEventsSpec", "Malformed"]
@@ -144,18 +144,14 @@ class CloudEventsRoute(Route):
     def endpoints(self) -> list[tuple[str, str, Handler]]:
         return [("POST", self.spec.path, self.handle)]
 
-    async def handle(self, request: Request, ingest: Ingest) -> Response:
+    def handle(self, request: Request, ingest: Ingest) -> Response | Accepted:
         try:
             envelopes = self.envelopes(request, ingest.source(request))
         except Malformed as exc:
             return error_response(exc.status, exc.kind, str(exc), **exc.details)
         if not envelopes:
-            return json_response(200, {"received": 0, "invalid": 0})
-        failure = await ingest.deliver(envelopes)
-        if failure is not None:
-            return failure
-        invalid = sum(1 for e in envelopes if not e.valid)
-        return json_response(200, {"received": len(envelopes), "invalid": invalid})
+            return received(envelopes)
+        return Accepted(envelopes, received)
 
     def envelopes(self, request: Request, source: Source) -> list[Envelope]:
         """The request's events as envelopes; raises :class:`Malformed` if it holds no valid CloudEvent(s)."""

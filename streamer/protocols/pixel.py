@@ -28,8 +28,9 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
+from streamer.core.envelope import Envelope
 from streamer.http.messages import Request, Response, error_response
-from streamer.http.routes import Handler, Ingest, Route, RouteSpec
+from streamer.http.routes import Accepted, Handler, Ingest, Route, RouteSpec
 from streamer.protocols.webhook import HookName, SchemaUri, envelope_for, params_payload
 from streamer.registry.builtin import PIXEL_SCHEMA
 
@@ -76,22 +77,22 @@ class PixelRoute(Route):
     def endpoints(self) -> list[tuple[str, str, Handler]]:
         return [("GET", self.spec.path, self.handle_arbitrary), ("GET", self._prefix + "*", self.handle_named)]
 
-    async def handle_arbitrary(self, request: Request, ingest: Ingest) -> Response:
+    def handle_arbitrary(self, request: Request, ingest: Ingest) -> Response | Accepted:
         if not self.spec.arbitrary:
             return error_response(404, "not_found", f"arbitrary pixels are disabled here; use {self._prefix}<name>")
-        return await self._ingest(request, ingest, PIXEL_SCHEMA, None)
+        return self._ingest(request, ingest, PIXEL_SCHEMA, None)
 
-    async def handle_named(self, request: Request, ingest: Ingest) -> Response:
+    def handle_named(self, request: Request, ingest: Ingest) -> Response | Accepted:
         name = request.path[len(self._prefix) :]
         schema = self._schemas.get(name)
         if schema is None:
             return error_response(404, "unknown_pixel", f"no pixel named {name!r} is configured")
-        return await self._ingest(request, ingest, schema, name)
+        return self._ingest(request, ingest, schema, name)
 
-    async def _ingest(self, request: Request, ingest: Ingest, schema: str, name: str | None) -> Response:
+    def _ingest(self, request: Request, ingest: Ingest, schema: str, name: str | None) -> Accepted:
         payload = params_payload(parse_qsl(request.query_string, keep_blank_values=True))
-        envelope = envelope_for(ingest.source(request), "pixel", schema, payload, name)
-        failure = await ingest.deliver([envelope])
-        if failure is not None:
-            return failure
-        return Response(200, GIF, list(_HEADERS))
+        return Accepted([envelope_for(ingest.source(request), "pixel", schema, payload, name)], _gif)
+
+
+def _gif(envelopes: list[Envelope]) -> Response:
+    return Response(200, GIF, list(_HEADERS))

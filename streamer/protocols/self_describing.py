@@ -19,8 +19,8 @@ from typing import Annotated, Any
 import msgspec
 
 from streamer.core.envelope import Envelope, fill_self_describing, new_event_id, utc_now
-from streamer.http.messages import JSON_CONTENT_TYPE, Request, Response, error_response
-from streamer.http.routes import Handler, Ingest, Route, RouteSpec
+from streamer.http.messages import Request, Response, error_response
+from streamer.http.routes import Accepted, Handler, Ingest, Route, RouteSpec, received
 
 __all__ = ["SelfDescribingRoute", "SelfDescribingSpec", "envelopes_from_items"]
 
@@ -61,7 +61,7 @@ class SelfDescribingRoute(Route):
     def endpoints(self) -> list[tuple[str, str, Handler]]:
         return [("POST", self.spec.path, self.handle)]
 
-    async def handle(self, request: Request, ingest: Ingest) -> Response:
+    def handle(self, request: Request, ingest: Ingest) -> Response | Accepted:
         if not request.body:
             return error_response(400, "empty_body", "the request has no body; send a JSON object or array")
         try:
@@ -71,14 +71,5 @@ class SelfDescribingRoute(Route):
         items = document if isinstance(document, list) else [document]
         if not items:
             return error_response(400, "empty_batch", "the array holds no events")
-        envelopes = envelopes_from_items(items, ingest.source(request), self.spec)
-        failure = await ingest.deliver(envelopes)
-        if failure is not None:
-            return failure
-        invalid = 0
-        for envelope in envelopes:
-            if not envelope.valid:
-                invalid += 1
-        # Formatted rather than encoded from a dict; a fresh header list, since CORS and cookies add to it.
-        body = b'{"received":%d,"invalid":%d}' % (len(envelopes), invalid)
-        return Response(200, body, [JSON_CONTENT_TYPE])
+        return Accepted(envelopes_from_items(items, ingest.source(request), self.spec), received)
+

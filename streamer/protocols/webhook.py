@@ -44,8 +44,8 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from streamer.core.envelope import Envelope, Source, new_event_id, set_schema, utc_now
-from streamer.http.messages import Request, Response, error_response, json_response
-from streamer.http.routes import Handler, Ingest, Route, RouteSpec
+from streamer.http.messages import Request, Response, error_response
+from streamer.http.routes import Accepted, Handler, Ingest, Route, RouteSpec, received
 from streamer.registry.builtin import WEBHOOK_SCHEMA
 
 __all__ = [
@@ -256,14 +256,14 @@ class WebhookRoute(Route):
     def endpoints(self) -> list[tuple[str, str, Handler]]:
         return [("POST", self.spec.path, self.handle_arbitrary), ("POST", self._prefix + "*", self.handle_named)]
 
-    async def handle_arbitrary(self, request: Request, ingest: Ingest) -> Response:
+    def handle_arbitrary(self, request: Request, ingest: Ingest) -> Response | Accepted:
         if not self.spec.arbitrary:
             return error_response(
                 404, "not_found", f"arbitrary webhooks are disabled here; POST to {self._prefix}<name>"
             )
-        return await self._ingest(request, ingest, WEBHOOK_SCHEMA, None, None)
+        return self._ingest(request, ingest, WEBHOOK_SCHEMA, None, None)
 
-    async def handle_named(self, request: Request, ingest: Ingest) -> Response:
+    def handle_named(self, request: Request, ingest: Ingest) -> Response | Accepted:
         name = request.path[len(self._prefix) :]
         hook = self._hooks.get(name)
         if hook is None:
@@ -274,11 +274,11 @@ class WebhookRoute(Route):
             refused = check.verify(request)
             if refused is not None:
                 return refused
-        return await self._ingest(request, ingest, schema, name, check)
+        return self._ingest(request, ingest, schema, name, check)
 
-    async def _ingest(
+    def _ingest(
         self, request: Request, ingest: Ingest, schema: str, name: str | None, check: _Check | None
-    ) -> Response:
+    ) -> Response | Accepted:
         try:
             payload = body_payload(request)
         except BadBody as exc:
@@ -286,8 +286,4 @@ class WebhookRoute(Route):
         source = ingest.source(request)
         if check is not None and source.headers:
             source.headers.pop(check.header, None)  # never record a secret (or the signature made with it)
-        envelope = envelope_for(source, "webhook", schema, payload, name)
-        failure = await ingest.deliver([envelope])
-        if failure is not None:
-            return failure
-        return json_response(200, {"received": 1, "invalid": 0 if envelope.valid else 1})
+        return Accepted([envelope_for(source, "webhook", schema, payload, name)], received)

@@ -28,6 +28,7 @@ tracker retries. What the events look like, and every error, is described in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -38,7 +39,7 @@ from streamer.core.config import PathT
 from streamer.core.envelope import Envelope, ErrorDetail, SelfDescribing, Source, utc_now
 from streamer.core.registry import InvalidSchemaURI, SchemaKey
 from streamer.http.messages import Request, Response, error_response
-from streamer.http.routes import Handler, Ingest, Route, RouteSpec
+from streamer.http.routes import Accepted, Handler, Ingest, Route, RouteSpec
 from streamer.protocols.snowplow.events import ATOMIC_SCHEMA, PAYLOAD_DATA_PREFIX, UNSTRUCT_PREFIX, EventBuilder
 
 __all__ = ["PIXEL", "URI_REDIRECT_SCHEMA", "RedirectSpec", "SnowplowRoute", "SnowplowSpec"]
@@ -223,12 +224,10 @@ class SnowplowRoute(Route):
         out.append(("GET", spec.redirect.path, self.handle_redirect))
         return out
 
-    async def handle_pixel(self, request: Request, ingest: Ingest) -> Response:
-        envelope = self.builder.build(dict(request.query), ingest.source(request), utc_now())
-        failure = await ingest.deliver([envelope])
-        return failure or Response(200, PIXEL, list(_PIXEL_HEADERS))
+    def handle_pixel(self, request: Request, ingest: Ingest) -> Accepted:
+        return Accepted([self.builder.build(dict(request.query), ingest.source(request), utc_now())], _pixel)
 
-    async def handle_tp2(self, request: Request, ingest: Ingest) -> Response:
+    def handle_tp2(self, request: Request, ingest: Ingest) -> Response | Accepted:
         if not request.body:
             return error_response(400, "empty_body", f"the request has no body; {_SHAPE}")
         try:
@@ -241,8 +240,7 @@ class SnowplowRoute(Route):
             envelopes = self.builder.build_many(items, source, now)
         else:
             envelopes = [self._build_checked(item, source, now) for item in items]
-        failure = await ingest.deliver(envelopes)
-        return failure or Response(200, b"ok", list(_OK_HEADERS))
+        return Accepted(envelopes, _ok)
 
     def _build_checked(self, item: Any, source: Source, now: Any) -> Envelope:
         errors = _item_errors(item)
@@ -250,7 +248,7 @@ class SnowplowRoute(Route):
             return self.builder.build_invalid(item, source, now, errors)
         return self.builder.build(item, source, now)
 
-    async def handle_redirect(self, request: Request, ingest: Ingest) -> Response:
+    def handle_redirect(self, request: Request, ingest: Ingest) -> Response | Accepted:
         spec = self.spec.redirect
         if not spec.enabled:
             return error_response(
@@ -279,8 +277,7 @@ class SnowplowRoute(Route):
         if not recorded_as_event:
             # A tracker event that also redirects: the redirect travels as one more context.
             envelope.contexts = [*(envelope.contexts or []), SelfDescribing(schema=URI_REDIRECT_SCHEMA, data=redirect)]
-        failure = await ingest.deliver([envelope])
-        return failure or Response(302, b"", [("location", target), ("cache-control", "no-store")])
+        return Accepted([envelope], functools.partial(_redirect, target))
 
     def _refuse_target(self, target: str) -> str | None:
         """Why ``target`` may not be redirected to, or ``None`` when it may."""
@@ -296,3 +293,15 @@ class SnowplowRoute(Route):
         if host in self._exact_hosts or any(host.endswith(suffix) for suffix in self._host_suffixes):
             return None
         return f"the host {host!r} is not in redirect.allow_hosts of the snowplow route"
+
+
+def _pixel(envelopes: list[Envelope]) -> Response:
+    return Response(200, PIXEL, list(_PIXEL_HEADERS))
+
+
+def _ok(envelopes: list[Envelope]) -> Response:
+    return Response(200, b"ok", list(_OK_HEADERS))
+
+
+def _redirect(target: str, envelopes: list[Envelope]) -> Response:
+    return Response(302, b"", [("location", target), ("cache-control", "no-store")])
