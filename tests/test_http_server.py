@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import anyio
@@ -142,6 +143,38 @@ async def test_slow_client_gets_408_while_others_are_served(tmp_path: Path) -> N
             answer = await read_until_closed(slow_body, 3)
         assert answer.startswith(b"HTTP/1.1 408")
         await still_serving(port)
+
+
+async def test_a_trickled_head_gets_408_within_the_header_timeout(tmp_path: Path) -> None:
+    received: list[bytes] = []
+
+    async def trickle(stream: SocketStream) -> None:
+        try:
+            for byte in b"x-slow: " + b"a" * 100:  # 5 s of bytes, 0.05 s apart
+                await stream.send(bytes([byte]))
+                await anyio.sleep(0.05)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+            pass
+
+    async with running(PIPELINE, tmp_path) as p:
+        async with await anyio.connect_tcp("127.0.0.1", http_port(p)) as slow:
+            await slow.send(b"POST /events HTTP/1.1\r\n")
+            with anyio.fail_after(2):  # header_timeout is 0.5 s, counted from the start of the request
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(trickle, slow)
+                    received.append(await read_until_closed(slow, 2))
+                    tg.cancel_scope.cancel()
+    assert received[0].startswith(b"HTTP/1.1 408")
+
+
+async def test_pipelined_requests_are_answered_before_a_malformed_one(tmp_path: Path) -> None:
+    async with running(PIPELINE, tmp_path) as p:
+        port = http_port(p)
+        answer = await exchange(port, post(EVENT_BYTES) + post(EVENT_BYTES) + b"NOT HTTP\r\n\r\n")
+        assert re.findall(rb"HTTP/1\.1 (\d{3})", answer) == [b"200", b"200", b"400"]
+        assert b"malformed_request" in answer
+        await still_serving(port)
+    assert len(read_jsonl(tmp_path / "valid.jsonl")) == 3
 
 
 async def test_idle_keep_alive_connection_is_closed(tmp_path: Path) -> None:

@@ -1,6 +1,8 @@
-"""An HTTP/1.1 server on anyio TCP streams, parsing with httptools.
+"""An HTTP/1.1 server on anyio TCP streams, parsing with httptools: the one for trio.
 
-One task per connection; requests on a connection are answered in order.
+One task per connection; requests on a connection are answered in order. On
+asyncio the HTTP input uses :mod:`streamer.http.asyncio_server` instead, which
+keeps this contract without a task per request.
 Limits protect the process from bad clients: header size, body size (413, also
 after gzip decompression), time to send headers, time to send the body, and
 idle time between keep-alive requests; and clients from a stuck handler: one
@@ -19,10 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
 import anyio
@@ -30,171 +29,13 @@ import httptools
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 
 from streamer.http.messages import Request, Response, error_response
+from streamer.http.wire import BadRequest, Limits, RequestParser, encode_response, timeout_response
 
-__all__ = ["App", "HttpServer", "Limits", "encode_response", "timeout_response"]
+__all__ = ["App", "HttpServer"]
 
 log = logging.getLogger("streamer.http")
 
 App = Callable[[Request], Awaitable[Response]]
-
-@dataclass(frozen=True)
-class Limits:
-    max_body_bytes: int = 1_048_576
-    max_header_bytes: int = 65_536
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    idle_timeout: float = 60.0
-    handler_timeout: float = math.inf
-    """Seconds the app may take to answer a request before the client gets the timeout response."""
-    retry_after: int = 1
-    """``Retry-After`` seconds advised by the default timeout response."""
-
-
-_HEADER_NAMES: dict[bytes, str] = {}  # header names as sent -> lower-cased str, filled as they are seen
-_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")}
-
-
-class _BadRequest(Exception):
-    def __init__(self, response: Response) -> None:
-        self.response = response
-
-
-class _Parser:
-    """httptools callbacks collecting complete requests (pipelined ones queue up)."""
-
-    __slots__ = (
-        "body",
-        "body_size",
-        "client",
-        "done",
-        "header_bytes",
-        "headers",
-        "limits",
-        "parser",
-        "started",
-        "url",
-    )
-
-    def __init__(self, limits: Limits, client: tuple[str, int]) -> None:
-        self.limits = limits
-        self.client = client
-        self.parser = httptools.HttpRequestParser(self)
-        self.done: list[tuple[Request, bool]] = []
-        self._reset()
-
-    def _reset(self) -> None:
-        self.url = b""
-        self.headers: dict[str, str] = {}
-        self.header_bytes = 0
-        self.body: list[bytes] = []
-        self.body_size = 0
-        self.started = False
-
-    def on_message_begin(self) -> None:
-        self.started = True
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        if len(self.url) > self.limits.max_header_bytes:
-            raise _BadRequest(error_response(414, "uri_too_long", "the request URL is too long"))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_bytes += len(name) + len(value)
-        if self.header_bytes > self.limits.max_header_bytes:
-            raise _BadRequest(error_response(431, "headers_too_large", "the request headers are too large"))
-        key = _HEADER_NAMES.get(name)
-        if key is None:
-            key = name.decode("latin-1").lower()
-            if len(_HEADER_NAMES) < 512:  # bounded: names are chosen by clients
-                _HEADER_NAMES[name] = key
-        text = value.decode("latin-1")
-        previous = self.headers.get(key)
-        if previous is None:
-            self.headers[key] = text
-        else:
-            self.headers[key] = previous + ("; " if key == "cookie" else ", ") + text
-
-    def on_headers_complete(self) -> None:
-        length = self.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
-            raise _BadRequest(_too_large(self.limits))
-
-    def on_body(self, chunk: bytes) -> None:
-        self.body_size += len(chunk)
-        if self.body_size > self.limits.max_body_bytes:
-            raise _BadRequest(_too_large(self.limits))
-        self.body.append(chunk)
-
-    def on_message_complete(self) -> None:
-        url = self.url
-        if url[:1] == b"/" and b"?" not in url and b"#" not in url:
-            path, query = url.decode("latin-1"), ""  # a plain path: what parse_url would return
-        else:
-            parsed = httptools.parse_url(url)
-            path = parsed.path.decode("latin-1")
-            query = parsed.query.decode("latin-1") if parsed.query else ""
-        body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
-        encoding = self.headers.get("content-encoding")
-        if encoding is not None and body:
-            body = _decompress(encoding, body, self.limits)
-        method = self.parser.get_method()
-        request = Request(
-            _METHODS.get(method) or method.decode("ascii"), path, query, self.headers, body, self.client
-        )
-        self.done.append((request, self.parser.should_keep_alive()))
-        self._reset()
-
-
-def _too_large(limits: Limits) -> Response:
-    return error_response(
-        413, "body_too_large", f"the request body is larger than {limits.max_body_bytes} bytes"
-    )
-
-
-def _decompress(encoding: str, body: bytes, limits: Limits) -> bytes:
-    encoding = encoding.strip().lower()
-    if encoding == "identity":
-        return body
-    if encoding not in ("gzip", "x-gzip", "deflate"):
-        raise _BadRequest(
-            error_response(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip")
-        )
-    wbits = 47 if encoding != "deflate" else 15  # 32+15: gzip or zlib header, detected
-    decoder = zlib.decompressobj(wbits)
-    try:
-        out = decoder.decompress(body, limits.max_body_bytes + 1)
-    except zlib.error as exc:
-        raise _BadRequest(error_response(400, "bad_encoding", f"the {encoding} body is corrupt: {exc}")) from None
-    if len(out) > limits.max_body_bytes or decoder.unconsumed_tail:
-        raise _BadRequest(_too_large(limits))
-    if not decoder.eof:
-        raise _BadRequest(error_response(400, "bad_encoding", f"the {encoding} body is truncated"))
-    return out
-
-
-_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
-# Header lines most responses carry, encoded once.
-_HEADER_LINES = {
-    ("content-type", "application/json"): b"content-type: application/json\r\n",
-    ("content-type", "image/gif"): b"content-type: image/gif\r\n",
-    ("cache-control", "no-cache, no-store, must-revalidate"): b"cache-control: no-cache, no-store, must-revalidate\r\n",
-}
-
-
-def encode_response(response: Response, keep_alive: bool) -> bytes:
-    status = response.status
-    head = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
-    parts = [head]
-    for header in response.headers:
-        line = _HEADER_LINES.get(header)
-        parts.append(line if line is not None else f"{header[0]}: {header[1]}\r\n".encode("latin-1"))
-    body = response.body
-    if keep_alive:
-        parts.append(b"content-length: %d\r\n\r\n" % len(body))
-    else:
-        parts.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
-    parts.append(body)
-    return b"".join(parts)
 
 
 class _Connection:
@@ -324,7 +165,7 @@ class HttpServer:
                 await stream.aclose()
 
     async def _converse(self, stream: SocketStream, client: tuple[str, int]) -> None:
-        state = _Parser(self.limits, client)
+        state = RequestParser(self.limits, client)
         # Shielded so that anyio's checkpoint before each send stops here instead of walking every scope
         # of the pipeline (~5 us per request); the watchdog carries a cancellation of the server into it.
         with anyio.CancelScope(shield=True) as scope:
@@ -344,7 +185,7 @@ class HttpServer:
         elif connection.phase == _READING and state.started:
             await _send_quietly(stream, error_response(408, "request_timeout", "the request was not received in time"))
 
-    async def _exchange(self, stream: SocketStream, state: _Parser, connection: _Connection) -> None:
+    async def _exchange(self, stream: SocketStream, state: RequestParser, connection: _Connection) -> None:
         """Answer requests in order until the client or the server ends the connection, or a deadline passes."""
         limits = self.limits
         parser = state.parser
@@ -352,6 +193,8 @@ class HttpServer:
         stopping = self.stopping
         app = self.app
         monotonic = time.monotonic
+        reading_body = False
+        refusal: Response | None = None  # for a bad request, sent once the ones before it are answered
         while True:
             if state.done:
                 request, keep_alive = state.done.pop(0)
@@ -374,15 +217,25 @@ class HttpServer:
                 if not keep_alive:
                     return
                 continue
+            if refusal is not None:
+                await _send_quietly(stream, refusal)
+                return
             if state.started:
-                connection.phase = _READING
-                timeout = limits.body_timeout if state.url else limits.header_timeout
+                # A request's head must come within header_timeout of its start, then its body within
+                # body_timeout of its first byte: a client trickling bytes does not push its deadline back.
+                if connection.phase != _READING:
+                    connection.phase = _READING
+                    reading_body = state.body_size > 0
+                    timeout = limits.body_timeout if reading_body else limits.header_timeout
+                    connection.deadline = monotonic() + timeout
+                elif state.body_size and not reading_body:
+                    reading_body = True
+                    connection.deadline = monotonic() + limits.body_timeout
             else:
                 if stopping.is_set():
                     return
                 connection.phase = _IDLE
-                timeout = limits.idle_timeout
-            connection.deadline = monotonic() + timeout
+                connection.deadline = monotonic() + limits.idle_timeout
             data = await stream.receive(65536)
             if scope.cancel_called:
                 # Bytes that arrive just as the deadline passes are dropped: the scope stays cancelled,
@@ -391,31 +244,14 @@ class HttpServer:
             try:
                 parser.feed_data(data)
             except httptools.HttpParserUpgrade:
-                await _send_quietly(
-                    stream, error_response(400, "upgrade_unsupported", "protocol upgrades are not supported")
-                )
-                return
+                refusal = error_response(400, "upgrade_unsupported", "protocol upgrades are not supported")
             except httptools.HttpParserCallbackError as exc:
                 cause = exc.__context__
-                if isinstance(cause, _BadRequest):
-                    await _send_quietly(stream, cause.response)
-                    return
-                raise
+                if not isinstance(cause, BadRequest):
+                    raise
+                refusal = cause.response
             except httptools.HttpParserError as exc:
-                await _send_quietly(
-                    stream, error_response(400, "malformed_request", f"the request is not valid HTTP/1.1: {exc}")
-                )
-                return
-
-
-def timeout_response(timeout: float, retry_after: int) -> Response:
-    """503 for a request not handled within ``timeout`` seconds, advising a retry after ``retry_after``."""
-    return error_response(
-        503,
-        "timeout",
-        f"the request was not handled within {timeout:g}s; retry later",
-        headers=[("retry-after", str(retry_after))],
-    )
+                refusal = error_response(400, "malformed_request", f"the request is not valid HTTP/1.1: {exc}")
 
 
 async def _send_quietly(stream: SocketStream, response: Response) -> None:

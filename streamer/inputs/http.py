@@ -22,7 +22,7 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Annotated, Any, ClassVar
 
 import anyio
@@ -32,13 +32,15 @@ from anyio.abc import TaskStatus
 from streamer.core.components import Context, Input, InputSpec, Submit
 from streamer.core.delivery import Delivery, DeliveryFailed
 from streamer.core.envelope import Source
+from streamer.http.asyncio_server import AsyncioHttpServer, Reply
 from streamer.http.client_ip import ClientIpResolver, ClientIpSpec
 from streamer.http.cookie import NETWORK_USER_ID, CookieSpec, IdentityCookie
 from streamer.http.cors import Cors, CorsSpec
 from streamer.http.messages import Request, Response, error_response, json_response
 from streamer.http.ratelimit import RateLimiter, RateLimitSpec
 from streamer.http.routes import Accepted, Handler, Ingest, Route
-from streamer.http.server import HttpServer, Limits
+from streamer.http.server import HttpServer
+from streamer.http.wire import Limits
 
 __all__ = ["HttpInput", "HttpInputSpec"]
 
@@ -136,7 +138,7 @@ class HttpInput(Input, Ingest):
             for method, path, handler in route.endpoints():
                 self._add(method, path, handler)
         self._submit: Submit  # set by run()
-        self.server: HttpServer | None = None
+        self.server: HttpServer | AsyncioHttpServer | None = None
 
     def _add(self, method: str, path: str, handler: Handler) -> None:
         if path.endswith("/*"):
@@ -162,9 +164,14 @@ class HttpInput(Input, Ingest):
             handler_timeout=spec.request_timeout,
             retry_after=spec.retry_after,
         )
-        self.server = HttpServer(
-            self.answer, spec.host, spec.port, limits, self.context.stopping, on_timeout=self._timed_out
-        )
+        if self.context.backend == "asyncio":
+            self.server = AsyncioHttpServer(
+                self.answer_nowait, spec.host, spec.port, limits, self.context.stopping, on_timeout=self._timed_out
+            )
+        else:
+            self.server = HttpServer(
+                self.answer, spec.host, spec.port, limits, self.context.stopping, on_timeout=self._timed_out
+            )
         async with anyio.create_task_group() as tg:
             await tg.start(self.server.serve)
             task_status.started()
@@ -227,9 +234,7 @@ class HttpInput(Input, Ingest):
             return await self._deliver(request, outcome, self._submit(outcome.envelopes))
         return self._for_browsers(request, await outcome)
 
-    def answer_nowait(
-        self, request: Request, reply: Callable[[Request, Response], None]
-    ) -> Response | Awaitable[Response] | None:
+    def answer_nowait(self, request: Request, reply: Reply) -> Response | Awaitable[Response] | None:
         """:meth:`answer` without a task when it can be had (for callback-based servers).
 
         The response, when it is known at once; ``None`` when ``reply(request, response)`` will be
@@ -245,9 +250,17 @@ class HttpInput(Input, Ingest):
                 return self._deliver(request, outcome, submitted)
             if submitted.done:
                 return self._delivered(request, outcome, submitted)
-            submitted.on_done(lambda delivery: reply(request, self._delivered(request, outcome, delivery)))
+            submitted.on_done(lambda delivery: self._reply(request, outcome, delivery, reply))
             return None
         return self._after(request, outcome)
+
+    def _reply(self, request: Request, accepted: Accepted, delivery: Delivery, reply: Reply) -> None:
+        try:
+            response = self._delivered(request, accepted, delivery)
+        except Exception:  # runs in the sink worker that settled the events: it must not fail there
+            log.exception("answering failed path=%s", request.path)
+            response = error_response(500, "internal", "the server failed to handle the request")
+        reply(request, response)
 
     async def _deliver(self, request: Request, accepted: Accepted, submitted: Awaitable[Delivery]) -> Response:
         # No timer here: the server cancels a handler that runs past request_timeout and answers
