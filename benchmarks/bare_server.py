@@ -1,11 +1,15 @@
-"""The ceiling of streamer's HTTP stack: anyio TCP streams + httptools, answering 200 and nothing else.
+"""Ceilings of streamer's HTTP stack: servers that answer 200 and do nothing else, with httptools.
 
-It accepts and reads exactly as ``streamer/http/server.py`` does (``anyio.create_tcp_listener``, one task
-per connection, ``stream.receive(65536)``, httptools callbacks, keep-alive, responses in order) but does no
-routing, decoding, validation or writing, so ``streamer events/s / bare req/s`` says how much of the
-stack's capacity the pipeline keeps.
+By default, anyio TCP streams, as ``streamer/http/server.py`` serves (``anyio.create_tcp_listener``,
+one task per connection, ``stream.receive(65536)``, httptools callbacks, keep-alive, responses in
+order) but with no routing, decoding, validation or writing: the reference of issue 2's ratio target.
 
-    .venv/bin/python benchmarks/bare_server.py --port 8090 [--backend asyncio|trio]
+With ``--transports`` (asyncio only), asyncio's transports and protocols, as
+``streamer/http/asyncio_server.py`` serves on asyncio: bytes in ``data_received``, the response
+written from there, no task per request. ``streamer events/s / this req/s`` says how much of the
+capacity of the stack streamer actually uses on asyncio the pipeline keeps.
+
+    .venv/bin/python benchmarks/bare_server.py --port 8090 [--backend asyncio|trio] [--transports]
 
 Prints ``listening <port>`` on stdout once it accepts connections; exits on SIGTERM or SIGINT.
 """
@@ -13,6 +17,7 @@ Prints ``listening <port>`` on stdout once it accepts connections; exits on SIGT
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import sys
 from typing import Any
@@ -86,12 +91,45 @@ async def serve(host: str, port: int) -> None:
     await listener.aclose()
 
 
+class _Transport(asyncio.Protocol):
+    """One connection on asyncio's transports: answered from ``data_received``."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+        self.parser = httptools.HttpRequestParser(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.transport.close()
+
+    def on_message_complete(self) -> None:
+        keep_alive = self.parser.should_keep_alive()
+        self.transport.write(_KEEP if keep_alive else _CLOSE)
+        if not keep_alive:
+            self.transport.close()
+
+
+async def serve_transports(host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_Transport, host, port, backlog=65535, reuse_address=True)
+    print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            break
+    server.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument("--transports", action="store_true", help="asyncio transports instead of anyio streams")
     args = parser.parse_args(argv)
+    if args.transports and args.backend != "asyncio":
+        parser.error("--transports needs --backend asyncio")
     options: dict[str, Any] = {}
     if args.backend == "asyncio":
         try:
@@ -100,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             pass
         else:
             options["use_uvloop"] = True  # the same choice `streamer run` makes
-    anyio.run(serve, args.host, args.port, backend=args.backend, backend_options=options)
+    anyio.run(serve_transports if args.transports else serve, args.host, args.port,
+              backend=args.backend, backend_options=options)  # fmt: skip
     return 0
 
 

@@ -7,7 +7,9 @@ For each run it starts the server pinned to core 0 (``taskset -c 0``), drives it
 core 1 (one thread, keep-alive connections, POST bodies from ``benchmarks/post.lua``), first for the
 warm-up and then for the measured window, and stops it with SIGTERM:
 
-1. ``benchmarks/bare_server.py``: answers 200 and nothing else (the ceiling of this stack);
+1. ``benchmarks/bare_server.py``: answers 200 and nothing else, on anyio streams (the reference of the
+   ratio target), and on asyncio also with ``--transports``, on asyncio's transports (the stack
+   streamer's HTTP input uses there: its own ceiling);
 2. ``streamer run benchmarks/pipelines/<scenario>.yml`` (the real CLI process): HTTP -> decode -> validate
    -> annotate -> valid/invalid JSON-lines files in a temporary directory.
 
@@ -316,13 +318,13 @@ class Run:
     invalid_lines: int = 0
 
 
-def run_bare(args: argparse.Namespace, work: Path, bodies: Path) -> Run:
+def run_bare(args: argparse.Namespace, work: Path, bodies: Path, transports: bool = False) -> Run:
     port = free_port()
     log = work / "bare.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             ["taskset", "-c", SERVER_CORE, PYTHON, str(HERE / "bare_server.py"),
-             "--port", str(port), "--backend", args.backend],
+             "--port", str(port), "--backend", args.backend, *(["--transports"] if transports else [])],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     wait_until(lambda: b"listening" in log.read_bytes(), process, "bare server", log)
@@ -414,7 +416,9 @@ def check(scenario: Scenario, run: Run, connections: int) -> dict[str, bool]:
     }
 
 
-def report(scenario: Scenario, runs: list[Run], bare: list[Run], connections: int) -> bool:
+def report(
+    scenario: Scenario, runs: list[Run], bare: list[Run], transports: list[Run], connections: int
+) -> bool:
     """Print one scenario's figures and checks; return whether every check passed."""
     per = scenario.events_per_request
     median, bare_median = _median(runs), _median(bare)
@@ -426,6 +430,10 @@ def report(scenario: Scenario, runs: list[Run], bare: list[Run], connections: in
         verdict = "meets" if ratio >= TARGET_RATIO else "below"
         print(f"  ratio    {ratio:.2f} of the bare server's req/s ({verdict} the {TARGET_RATIO} target); "
               f"by CPU per request {cpu_ratio:.2f}")  # fmt: skip
+        if transports:
+            ceiling = _median(transports).load
+            print(f"           {median.load.rate / ceiling.rate:.2f} of the bare asyncio-transports server's; "
+                  f"by CPU per request {ceiling.cpu_us / median.load.cpu_us:.2f}")  # fmt: skip
     ok = True
     for i, run in enumerate(runs):
         for name, passed in check(scenario, run, connections).items():
@@ -474,17 +482,25 @@ def main(argv: list[str] | None = None) -> int:
             bodies[scenario.name] = work / f"{scenario.name}.bodies"
             bodies[scenario.name].write_bytes(b"\n".join(scenario.bodies(64, rng)) + b"\n")
         bare: list[Run] = []
+        transports: list[Run] = []
         runs: dict[str, list[Run]] = {scenario.name: [] for scenario in scenarios}
         for round_ in range(args.rounds):
             bare.append(run_bare(args, work, bare_bodies))
+            if args.backend == "asyncio":
+                transports.append(run_bare(args, work, bare_bodies, transports=True))
             for scenario in scenarios:
                 runs[scenario.name].append(run_pipeline(scenario, args, work, bodies[scenario.name], round_))
         median = _median(bare).load
         print(f"\n== bare anyio+httptools server (answers 200, nothing else)\n  bare     {_figures(median, 1)}"
               f"{_spread(bare)}{'' if median.non_2xx == 0 else f'  ({median.non_2xx} non-2xx!)'}")  # fmt: skip
+        if transports:
+            ceiling = _median(transports).load
+            print(f"\n== bare asyncio transports+httptools server (the stack of streamer's HTTP input on asyncio)\n"
+                  f"  bare     {_figures(ceiling, 1)}{_spread(transports)}"
+                  f"{'' if ceiling.non_2xx == 0 else f'  ({ceiling.non_2xx} non-2xx!)'}")  # fmt: skip
         ok = True
         for scenario in scenarios:
-            ok = report(scenario, runs[scenario.name], bare, args.connections) and ok
+            ok = report(scenario, runs[scenario.name], bare, transports, args.connections) and ok
     finally:
         if args.keep:
             print(f"\nkept {work}")

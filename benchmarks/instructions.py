@@ -120,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         url = f"http://127.0.0.1:{port}/events"
         bare = count("bare", [PYTHON, str(HERE / "bare_server.py"), "--port", str(port)], url, url,
                      bare_bodies, "application/json", args, work)  # fmt: skip
-        print(f"  {'bare':<16}{bare:12,.0f} instructions/request")
+        print(f"  {'bare':<16}{bare:12,.0f} instructions/request (anyio streams)")
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/events"
+        ceiling = count("bare-transports", [PYTHON, str(HERE / "bare_server.py"), "--port", str(port), "--transports"],
+                        url, url, bare_bodies, "application/json", args, work)  # fmt: skip
+        print(f"  {'bare':<16}{ceiling:12,.0f} instructions/request (asyncio transports)")
         for scenario in scenarios:
             bodies = work / f"{scenario.name}.bodies"
             bodies.write_bytes(b"\n".join(scenario.bodies(64, rng)) + b"\n")
@@ -133,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             per = scenario.events_per_request
             line = f"  {scenario.name:<16}{per_request:12,.0f} instructions/request"
             if per == 1:
-                line += f"; bare/streamer {bare / per_request:.2f} (the rate target is {TARGET_RATIO})"
+                line += (f"; bare/streamer {bare / per_request:.2f} (the rate target is {TARGET_RATIO}), "
+                         f"{ceiling / per_request:.2f} of the transports one")  # fmt: skip
             else:
                 line += f" = {per_request / per:,.0f} per event"
             print(line)

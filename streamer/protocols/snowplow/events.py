@@ -27,7 +27,7 @@ the route found and nothing twice.
 Per event this costs: one id from the pool (made 2048 at a time), one ``Envelope``
 made in one call, one base64 decode plus one typed msgspec decode per
 ``ue_px``/``cx`` (straight into :class:`~streamer.core.envelope.SelfDescribing`
-structs), one ``datetime``, three set comparisons and a few dict reads; in
+structs), one ``datetime``, one shape lookup (the tuple of field names) and a few dict reads; in
 ``build_many`` with no Python call of its own for the usual event. See
 ``docs/performance.md`` (Snowplow tp2) for what each part measured.
 """
@@ -92,6 +92,7 @@ _CONTEXT_FIELDS = frozenset({"cx", "co"})
 _UNUSUAL = _OVERRIDES | {"ttm", "co", "ue_pr"}
 """Fields that send an event down :meth:`EventBuilder.build` rather than the inline path of ``build_many``."""
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
+_MAX_SHAPES = 1024
 
 
 class _Unstruct(msgspec.Struct):
@@ -163,12 +164,13 @@ class EventBuilder:
     non-``ue`` events.
     """
 
-    __slots__ = ("atomic_schema", "atomic_schema_parts", "strict")
+    __slots__ = ("_usual_shapes", "atomic_schema", "atomic_schema_parts", "strict")
 
     def __init__(self, *, atomic_schema: str = ATOMIC_SCHEMA, strict: bool = True) -> None:
         self.atomic_schema = atomic_schema
         self.atomic_schema_parts = _schema_parts(atomic_schema)
         self.strict = strict
+        self._usual_shapes: dict[tuple[str, ...], bool] = {}
 
     def build(self, fields: dict[str, Any], source: Source, now: datetime) -> Envelope:
         """One envelope for one tracker event whose values are all strings.
@@ -254,7 +256,7 @@ class EventBuilder:
         anything is changed, the item goes to :meth:`build`, which says what is wrong.
         """
         build = self.build
-        strict = self.strict
+        usual = self._usual_shapes
         atomic_schema = self.atomic_schema
         atomic_parts = self.atomic_schema_parts
         a2b = _b64decode_padded
@@ -262,8 +264,13 @@ class EventBuilder:
         out: list[Envelope] = []
         append = out.append
         for fields, event_id in zip(items, new_event_ids(len(items)), strict=True):
-            keys = fields.keys()
-            if not ((not strict or FIELDS.issuperset(keys)) and keys >= _REQUIRED and keys.isdisjoint(_UNUSUAL)):
+            # The events of a tracker have a few shapes (field names in order), seen over and over: one
+            # tuple and a dict read instead of three set comparisons.
+            shape = tuple(fields)
+            is_usual = usual.get(shape)
+            if is_usual is None:
+                is_usual = self._learn_shape(shape, fields)
+            if not is_usual:
                 append(build(fields, source, now))
                 continue
             dtm = fields.get("dtm")
@@ -342,6 +349,15 @@ class EventBuilder:
                 )
             )
         return out
+
+    def _learn_shape(self, shape: tuple[str, ...], fields: dict[str, Any]) -> bool:
+        """Whether events of this shape may take the inline path of :meth:`build_many`, remembered."""
+        keys = fields.keys()
+        is_usual = (not self.strict or FIELDS.issuperset(keys)) and keys >= _REQUIRED and keys.isdisjoint(_UNUSUAL)
+        if len(self._usual_shapes) >= _MAX_SHAPES:  # shapes come from clients: bound the cache
+            self._usual_shapes.clear()
+        self._usual_shapes[shape] = is_usual
+        return is_usual
 
     def _field_errors(self, fields: dict[str, Any]) -> list[ErrorDetail] | None:
         keys = fields.keys()
