@@ -21,6 +21,8 @@ __all__ = [
     "fill_self_describing",
     "new_event_id",
     "new_event_ids",
+    "schema_parts",
+    "set_schema",
     "utc_now",
 ]
 
@@ -90,20 +92,32 @@ class Envelope(msgspec.Struct, kw_only=True):
             self.errors.append(error)
 
 
-_IGLU = re.compile(r"iglu:([^/]+)/([^/]+)/([^/]+)/([^/]+)")
+SchemaParts = tuple[str | None, str | None, str | None, str | None]
+NO_SCHEMA_PARTS: SchemaParts = (None, None, None, None)
+_SCHEMA_PARTS: dict[str, SchemaParts] = {}
+
+
+def schema_parts(uri: str) -> SchemaParts:
+    """``(vendor, name, format, version)`` of an Iglu URI, or ``NO_SCHEMA_PARTS`` when it is not one.
+
+    Cached: events name a handful of schemas over and over, and a dict read costs a fraction of the split.
+    """
+    parts = _SCHEMA_PARTS.get(uri)
+    if parts is None:
+        pieces = uri[5:].split("/") if uri.startswith("iglu:") else []
+        parts = (pieces[0], pieces[1], pieces[2], pieces[3]) if len(pieces) == 4 and all(pieces) else NO_SCHEMA_PARTS
+        if len(_SCHEMA_PARTS) >= 10_000:  # URIs come from clients: bound the cache
+            _SCHEMA_PARTS.clear()
+        _SCHEMA_PARTS[uri] = parts
+    return parts
 
 
 def set_schema(envelope: Envelope, uri: str) -> None:
     """Set the schema URI and its parts (parts stay empty when the URI is not Iglu form)."""
     envelope.schema = uri
-    match = _IGLU.fullmatch(uri)
-    if match is not None:
-        (
-            envelope.schema_vendor,
-            envelope.schema_name,
-            envelope.schema_format,
-            envelope.schema_version,
-        ) = match.groups()
+    parts = schema_parts(uri)
+    if parts is not NO_SCHEMA_PARTS:
+        envelope.schema_vendor, envelope.schema_name, envelope.schema_format, envelope.schema_version = parts
 
 
 def fill_self_describing(

@@ -41,7 +41,17 @@ from typing import Any
 
 import msgspec
 
-from streamer.core.envelope import Envelope, ErrorDetail, SelfDescribing, Source, new_event_id, new_event_ids
+from streamer.core.envelope import (
+    NO_SCHEMA_PARTS,
+    Envelope,
+    ErrorDetail,
+    SchemaParts,
+    SelfDescribing,
+    Source,
+    new_event_id,
+    new_event_ids,
+    schema_parts,
+)
 from streamer.http.cookie import NETWORK_USER_ID
 
 __all__ = [
@@ -168,7 +178,7 @@ class EventBuilder:
 
     def __init__(self, *, atomic_schema: str = ATOMIC_SCHEMA, strict: bool = True) -> None:
         self.atomic_schema = atomic_schema
-        self.atomic_schema_parts = _schema_parts(atomic_schema)
+        self.atomic_schema_parts = schema_parts(atomic_schema)
         self.strict = strict
         self._usual_shapes: dict[tuple[str, ...], bool] = {}
 
@@ -211,7 +221,7 @@ class EventBuilder:
                 errors = _add(errors, error)
         kind = fields.get("e")
         schema: str | None = None
-        parts: tuple[str | None, str | None, str | None, str | None] = _NO_PARTS
+        parts: SchemaParts = NO_SCHEMA_PARTS
         payload: Any = fields
         if kind == "ue":
             unstruct, error = _unstruct(fields)
@@ -221,7 +231,7 @@ class EventBuilder:
                 # The event's own schema is checked even when the atomic fields are wrong: more to fix at once.
                 schema = unstruct.schema
                 payload = unstruct.data
-                parts = _schema_parts(schema)
+                parts = schema_parts(schema)
         elif kind in EVENT_TYPES:
             if atomic_ok:
                 schema = self.atomic_schema
@@ -320,7 +330,7 @@ class EventBuilder:
                 inner = unstruct.data
                 schema = inner.schema
                 payload = inner.data
-                parts = _PARTS.get(schema) or _schema_parts(schema)
+                parts = schema_parts(schema)
                 del fields["ue_px"]
             elif kind in EVENT_TYPES:
                 schema = atomic_schema
@@ -452,19 +462,3 @@ def _override(source: Source, fields: dict[str, Any]) -> Source:
         headers=source.headers,
         metadata=metadata,
     )
-
-
-_PARTS: dict[str, tuple[str | None, str | None, str | None, str | None]] = {}
-_NO_PARTS: tuple[None, None, None, None] = (None, None, None, None)
-
-
-def _schema_parts(uri: str) -> tuple[str | None, str | None, str | None, str | None]:
-    """``(vendor, name, format, version)`` of an Iglu URI, cached: a dict read instead of a regex per event."""
-    parts = _PARTS.get(uri)
-    if parts is None:
-        pieces = uri[5:].split("/") if uri.startswith("iglu:") else []
-        parts = (pieces[0], pieces[1], pieces[2], pieces[3]) if len(pieces) == 4 else _NO_PARTS
-        if len(_PARTS) >= 10_000:  # URIs come from clients: bound the cache
-            _PARTS.clear()
-        _PARTS[uri] = parts
-    return parts

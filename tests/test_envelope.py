@@ -1,0 +1,21 @@
+"""The envelope's helpers: schema URI parts."""
+
+from __future__ import annotations
+
+from streamer.core.envelope import NO_SCHEMA_PARTS, Envelope, Source, schema_parts, set_schema, utc_now
+
+
+def test_schema_parts_of_iglu_uris_and_of_others() -> None:
+    assert schema_parts("iglu:com.example/page_view/jsonschema/1-0-0") == (
+        "com.example", "page_view", "jsonschema", "1-0-0",
+    )  # fmt: skip
+    for uri in ("https://example.com/schema.json", "iglu:com.example/page_view/jsonschema", "iglu:a//c/d", "iglu:a/b/c/d/e"):
+        assert schema_parts(uri) is NO_SCHEMA_PARTS
+
+
+def test_set_schema_leaves_the_parts_empty_for_a_uri_that_is_not_iglu() -> None:
+    envelope = Envelope(id="1", collector_tstamp=utc_now(), source=Source(input="web"), protocol="raw")
+    set_schema(envelope, "urn:example:thing")
+    assert envelope.schema == "urn:example:thing" and envelope.schema_vendor is None
+    set_schema(envelope, "iglu:com.example/page_view/jsonschema/1-0-0")
+    assert (envelope.schema_vendor, envelope.schema_version) == ("com.example", "1-0-0")
