@@ -9,7 +9,8 @@ def test_schema_parts_of_iglu_uris_and_of_others() -> None:
     assert schema_parts("iglu:com.example/page_view/jsonschema/1-0-0") == (
         "com.example", "page_view", "jsonschema", "1-0-0",
     )  # fmt: skip
-    for uri in ("https://example.com/schema.json", "iglu:com.example/page_view/jsonschema", "iglu:a//c/d", "iglu:a/b/c/d/e"):
+    others = ("https://example.com/s.json", "iglu:com.example/page_view/jsonschema", "iglu:a//c/d", "iglu:a/b/c/d/e")
+    for uri in others:
         assert schema_parts(uri) is NO_SCHEMA_PARTS
 
 
