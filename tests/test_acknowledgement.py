@@ -139,3 +139,19 @@ async def test_a_kill_ends_requests_in_flight_at_once(tmp_path: Path) -> None:
                 p.kill()
             assert outcome and outcome[0] != 200
     assert p.exit_code == 130
+
+
+async def test_a_client_that_leaves_while_its_events_are_written_loses_nothing(tmp_path: Path) -> None:
+    async with running(pipeline(), tmp_path) as p:
+        primary = sink(p, "primary")
+        primary.block()
+        with anyio.move_on_after(0.3):  # the client gives up while the sink holds the write
+            await post(http_port(p))
+        await primary.waiting.wait()
+        primary.release()
+        with anyio.fail_after(5):
+            while len(primary.lines) < 1:  # noqa: ASYNC110 - the sink has no event for a write
+                await anyio.sleep(0.01)
+        # The event was written though nobody was left to tell, and the server goes on.
+        assert (await post(http_port(p))).status_code == 200
+        assert len(primary.lines) == 2
