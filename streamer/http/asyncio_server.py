@@ -25,7 +25,7 @@ import httptools
 from anyio.abc import TaskGroup, TaskStatus
 
 from streamer.http.messages import Request, Response, error_response
-from streamer.http.wire import BadRequest, Limits, RequestParser, encode_response, timeout_response
+from streamer.http.wire import BadRequest, Limits, RequestParser, encode_response
 
 __all__ = ["AsyncioHttpServer", "NowaitApp", "Reply"]
 
@@ -66,16 +66,12 @@ class AsyncioHttpServer:
         self.port = port
         self.limits = limits
         self.stopping = stopping
-        self.on_timeout = on_timeout or self._timeout_response
+        self.on_timeout = on_timeout or limits.timeout_response
         self._connections: set[_HttpProtocol] = set()
         self._tasks: TaskGroup | None = None
         self._drained: anyio.Event | None = None
-        shortest = min(limits.header_timeout, limits.body_timeout, limits.idle_timeout, limits.handler_timeout)
-        self.tick = min(max(shortest / 8, 0.005), 1.0)
+        self.tick = limits.tick
         self.bound_port: int | None = None
-
-    def _timeout_response(self, request: Request) -> Response:
-        return timeout_response(self.limits.handler_timeout, self.limits.retry_after)
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         loop = asyncio.get_running_loop()

@@ -29,7 +29,7 @@ import httptools
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 
 from streamer.http.messages import Request, Response, error_response
-from streamer.http.wire import BadRequest, Limits, RequestParser, encode_response, timeout_response
+from streamer.http.wire import BadRequest, Limits, RequestParser, encode_response
 
 __all__ = ["App", "HttpServer"]
 
@@ -87,15 +87,11 @@ class HttpServer:
         self.port = port
         self.limits = limits
         self.stopping = stopping
-        self.on_timeout = on_timeout or self._timeout_response
+        self.on_timeout = on_timeout or limits.timeout_response
         self._connections: set[_Connection] = set()
         self._cancelled = False
-        shortest = min(limits.header_timeout, limits.body_timeout, limits.idle_timeout, limits.handler_timeout)
-        self.tick = min(max(shortest / 8, 0.005), 1.0)
+        self.tick = limits.tick
         self.bound_port: int | None = None
-
-    def _timeout_response(self, request: Request) -> Response:
-        return timeout_response(self.limits.handler_timeout, self.limits.retry_after)
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)

@@ -32,6 +32,16 @@ class Limits:
     retry_after: int = 1
     """``Retry-After`` seconds advised by the default timeout response."""
 
+    @property
+    def tick(self) -> float:
+        """How often a server's watchdog checks deadlines: an eighth of the shortest timeout, 5 ms to 1 s."""
+        shortest = min(self.header_timeout, self.body_timeout, self.idle_timeout, self.handler_timeout)
+        return min(max(shortest / 8, 0.005), 1.0)
+
+    def timeout_response(self, request: Request) -> Response:
+        """The default answer to a request not handled within ``handler_timeout``."""
+        return timeout_response(self.handler_timeout, self.retry_after)
+
 
 _HEADER_NAMES: dict[bytes, str] = {}  # header names as sent -> lower-cased str, filled as they are seen
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")}
