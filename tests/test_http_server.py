@@ -280,3 +280,16 @@ async def test_a_client_that_never_reads_its_responses_is_dropped(tmp_path: Path
             await still_serving(port)
         finally:
             client.close()
+
+
+async def test_the_anyio_streams_server_on_either_backend(tmp_path: Path) -> None:
+    from streamer.http.server import HttpServer
+
+    spec = PIPELINE.replace("    idle_timeout: 1.0\n", "    idle_timeout: 1.0\n    server: anyio_streams\n")
+    async with running(spec, tmp_path) as p:
+        assert isinstance(p.inputs[0].server, HttpServer)
+        port = http_port(p)
+        answer = await exchange(port, post(EVENT_BYTES) + post(EVENT_BYTES) + b"NOT HTTP\r\n\r\n")
+        assert re.findall(rb"HTTP/1\.1 (\d{3})", answer) == [b"200", b"200", b"400"]
+        await still_serving(port)
+    assert len(read_jsonl(tmp_path / "valid.jsonl")) == 3
