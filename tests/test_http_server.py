@@ -293,3 +293,13 @@ async def test_the_anyio_streams_server_on_either_backend(tmp_path: Path) -> Non
         assert re.findall(rb"HTTP/1\.1 (\d{3})", answer) == [b"200", b"200", b"400"]
         await still_serving(port)
     assert len(read_jsonl(tmp_path / "valid.jsonl")) == 3
+
+
+async def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(tmp_path: Path) -> None:
+    async with running(PIPELINE, tmp_path) as p:
+        async with await anyio.connect_tcp("127.0.0.1", http_port(p)) as stream:
+            await stream.send(post(EVENT_BYTES) + post(EVENT_BYTES))
+            await stream.send_eof()
+            answer = await read_until_closed(stream, 3)
+        assert re.findall(rb"HTTP/1\.1 (\d{3})", answer) == [b"200", b"200"]
+    assert len(read_jsonl(tmp_path / "valid.jsonl")) == 2

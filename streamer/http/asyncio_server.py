@@ -242,7 +242,7 @@ class _HttpProtocol(asyncio.Protocol):
                 self.deadline = time.monotonic() + self.limits.body_timeout
                 return
             request, keep_alive = state.done.pop(0)
-            self.keep_alive = keep_alive and not self.eof
+            self.keep_alive = keep_alive
             self.request = request
             self.phase = _HANDLING
             self.deadline = time.monotonic() + self.limits.handler_timeout
@@ -296,7 +296,9 @@ class _HttpProtocol(asyncio.Protocol):
     def _write(self, response: Response) -> bool:
         """Send the response to the request in hand; whether the connection stays open."""
         self.request = None
-        keep_alive = self.keep_alive and not self.eof and not self.server.stopping.is_set()
+        # A client that has half-closed gets the answers to every request it sent, the last one closing.
+        last = self.eof and not self.parser.done
+        keep_alive = self.keep_alive and not last and not self.server.stopping.is_set()
         self.transport.write(encode_response(response, keep_alive))
         if not keep_alive:
             self._close()
