@@ -303,3 +303,18 @@ async def test_a_client_that_half_closes_after_its_request_still_gets_the_answer
             answer = await read_until_closed(stream, 3)
         assert re.findall(rb"HTTP/1\.1 (\d{3})", answer) == [b"200", b"200"]
     assert len(read_jsonl(tmp_path / "valid.jsonl")) == 2
+
+
+async def test_every_address_of_the_host_is_served_on_one_port(tmp_path: Path) -> None:
+    import socket
+
+    spec = PIPELINE.replace("    port: 0\n", "    port: 0\n    host: localhost\n")
+    addresses = {info[4][0] for info in socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)}
+    async with running(spec, tmp_path) as p:
+        port = http_port(p)
+        for address in sorted(addresses):
+            async with httpx.AsyncClient() as client:
+                host = f"[{address}]" if ":" in address else address
+                response = await client.post(f"http://{host}:{port}/events", json=EVENT)
+            assert response.status_code == 200, address
+    assert len(read_jsonl(tmp_path / "valid.jsonl")) == len(addresses)

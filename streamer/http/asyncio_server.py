@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 import httptools
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import SocketAttribute, TaskGroup, TaskStatus
 
 from streamer.http.messages import Request, Response, error_response
 from streamer.http.wire import BadRequest, Limits, RequestParser, encode_response
@@ -75,11 +75,18 @@ class AsyncioHttpServer:
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: _HttpProtocol(self), self.host, self.port, backlog=65535, reuse_address=True
-        )
+        # anyio binds every address the host resolves to on one port (port 0: the one the first got),
+        # as the anyio-streams server does; asyncio serves on copies of those sockets.
+        listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
         try:
-            self.bound_port = int(server.sockets[0].getsockname()[1])
+            sockets = [one.extra(SocketAttribute.raw_socket).dup() for one in listener.listeners]
+            self.bound_port = int(listener.extra(SocketAttribute.local_port))
+        finally:
+            await listener.aclose()
+        servers: list[asyncio.Server] = []
+        try:
+            for one in sockets:
+                servers.append(await loop.create_server(lambda: _HttpProtocol(self), sock=one, backlog=65535))
             log.info("http listening host=%s port=%d", self.host, self.bound_port)
             task_status.started(self.bound_port)
             async with anyio.create_task_group() as tasks:
@@ -87,7 +94,8 @@ class AsyncioHttpServer:
                 watching = anyio.CancelScope()
                 tasks.start_soon(self._watch, watching)
                 await self.stopping.wait()
-                server.close()
+                for server in servers:
+                    server.close()
                 self._drained = anyio.Event()
                 # Idle connections end now; the others once their requests are answered.
                 for connection in list(self._connections):
@@ -97,7 +105,10 @@ class AsyncioHttpServer:
                 watching.cancel()
                 # Leaving the group waits for handlers still running in tasks (their clients gone).
         finally:
-            server.close()
+            for server in servers:
+                server.close()
+            for one in sockets[len(servers) :]:  # not served: creating a server failed
+                one.close()
             for connection in list(self._connections):  # a kill, or the shutdown deadline, cut the drain short
                 connection.abort()
 
