@@ -119,3 +119,15 @@ def test_on_done_of_a_done_unit_is_called_at_once() -> None:
     delivery.seal()
     delivery.on_done(calls.append)
     assert calls == [delivery]
+
+
+def test_owe_counts_the_copies_and_finishes_a_unit_owing_none() -> None:
+    nothing = Delivery()
+    nothing.owe(0)
+    assert nothing.done
+    two = Delivery()
+    two.owe(2)
+    two.settle()
+    assert not two.done
+    two.settle()
+    assert two.done and two.failure is None

@@ -90,6 +90,12 @@ class Delivery:
         if self.pending == 0:
             self._finish()
 
+    def owe(self, copies: int) -> None:
+        """:meth:`expect` then :meth:`seal`, in one call: the router knows every copy before sending any."""
+        self.pending += copies
+        if self.pending == 0:
+            self._finish()
+
     def settle(self) -> None:
         """One required copy is durably written."""
         self.pending -= 1

@@ -134,21 +134,27 @@ class SinkWorker:
         encode = self._encode
         lines = batch.lines
         nbytes = batch.nbytes
-        # The envelopes of one unit usually share one Source (an HTTP request's, with its headers): encode it
-        # once and splice it in as raw JSON, swapped in only for the (synchronous) encode of each envelope.
-        source: Any = None
-        raw: Any = None
-        for envelope in envelopes:
-            if envelope.source is not source:
-                source = envelope.source
-                raw = msgspec.Raw(encode(source))
-            envelope.source = raw
-            try:
-                line = encode(envelope)
-            finally:
-                envelope.source = source
+        if len(envelopes) == 1:
+            line = encode(envelopes[0])
             lines.append(line)
             nbytes += len(line) + 1
+        else:
+            # The envelopes of one unit usually share one Source (an HTTP request's, with its headers):
+            # encode it once and splice it in as raw JSON, swapped in only for the (synchronous) encode
+            # of each envelope.
+            source: Any = None
+            raw: Any = None
+            for envelope in envelopes:
+                if envelope.source is not source:
+                    source = envelope.source
+                    raw = msgspec.Raw(encode(source))
+                envelope.source = raw
+                try:
+                    line = encode(envelope)
+                finally:
+                    envelope.source = source
+                lines.append(line)
+                nbytes += len(line) + 1
         batch.envelopes.extend(envelopes)
         batch.nbytes = nbytes
         if delivery is not None:
@@ -265,8 +271,7 @@ class Pipeline:
             copies = [(w, envelopes) for w in self._when_valid]
             required = self._required_when_valid
         # Count every required copy before sending any, so an early settle cannot finish the unit.
-        delivery.expect(required)
-        delivery.seal()
+        delivery.owe(required)
         for index, (worker, part) in enumerate(copies):
             try:
                 # No checkpoint while there is room (anyio's send() yields to the loop first, ~5 us per

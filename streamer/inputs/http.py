@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable
 from typing import Annotated, Any, ClassVar, Literal
@@ -231,7 +232,8 @@ class HttpInput(Input, Ingest):
         """The answer to accepted events once their delivery is done."""
         if delivery.failure is not None:
             return error_response(500, "sink_failed", str(delivery.failure))
-        return self._for_browsers(request, accepted.respond(accepted.envelopes))
+        response = accepted.respond(accepted.envelopes)
+        return response if self._plain else self._for_browsers(request, response)
 
     async def answer(self, request: Request) -> Response:
         """The response to a request, once every required sink holds its events (for task-based servers)."""
@@ -258,11 +260,11 @@ class HttpInput(Input, Ingest):
                 return self._deliver(request, outcome, submitted)
             if submitted.done:
                 return self._delivered(request, outcome, submitted)
-            submitted.on_done(lambda delivery: self._reply(request, outcome, delivery, reply))
+            submitted.on_done(functools.partial(self._reply, request, outcome, reply))
             return None
         return self._after(request, outcome)
 
-    def _reply(self, request: Request, accepted: Accepted, delivery: Delivery, reply: Reply) -> None:
+    def _reply(self, request: Request, accepted: Accepted, reply: Reply, delivery: Delivery) -> None:
         try:
             response = self._delivered(request, accepted, delivery)
         except Exception:  # runs in the sink worker that settled the events: it must not fail there
