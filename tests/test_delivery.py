@@ -28,9 +28,9 @@ async def _waiter_woke(delivery: Delivery, meanwhile: Callable[[list[bool]], Awa
     return woke
 
 
-async def test_a_unit_owing_nothing_is_done_when_sealed() -> None:
+async def test_a_unit_owing_nothing_is_done_at_once() -> None:
     delivery = Delivery()
-    delivery.seal()
+    delivery.owe(0)
     assert delivery.done
     with anyio.fail_after(1):
         await delivery.wait()
@@ -38,8 +38,7 @@ async def test_a_unit_owing_nothing_is_done_when_sealed() -> None:
 
 async def test_a_unit_settled_before_the_wait_returns_at_once() -> None:
     delivery = Delivery()
-    delivery.expect(2)
-    delivery.seal()
+    delivery.owe(2)
     delivery.settle()
     assert not delivery.done
     delivery.settle()
@@ -50,8 +49,7 @@ async def test_a_unit_settled_before_the_wait_returns_at_once() -> None:
 
 async def test_the_waiter_wakes_when_the_last_copy_is_settled() -> None:
     delivery = Delivery()
-    delivery.expect(2)
-    delivery.seal()
+    delivery.owe(2)
 
     async def settle_both(woke: list[bool]) -> None:
         delivery.settle()
@@ -64,8 +62,7 @@ async def test_the_waiter_wakes_when_the_last_copy_is_settled() -> None:
 
 async def test_the_first_failure_is_raised_to_the_waiter() -> None:
     delivery = Delivery(anyio.Event)
-    delivery.expect(2)
-    delivery.seal()
+    delivery.owe(2)
     first = DeliveryFailed("a", OSError("disk full"))
 
     async def fail_later() -> None:
@@ -85,8 +82,7 @@ async def test_the_first_failure_is_raised_to_the_waiter() -> None:
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_the_asyncio_loop_event_wakes_after_a_cancelled_waiter(anyio_backend: str) -> None:
     delivery = Delivery(LoopEvent)
-    delivery.expect(1)
-    delivery.seal()
+    delivery.owe(1)
     with anyio.move_on_after(0.01) as scope:
         await delivery.wait()  # an HTTP request that timed out
     assert scope.cancelled_caught
@@ -103,8 +99,7 @@ async def test_the_asyncio_loop_event_wakes_after_a_cancelled_waiter(anyio_backe
 def test_on_done_is_called_once_when_the_unit_is_done() -> None:
     calls: list[Delivery] = []
     delivery = Delivery()
-    delivery.expect(2)
-    delivery.seal()
+    delivery.owe(2)
     delivery.on_done(calls.append)
     delivery.settle()
     assert calls == []
@@ -116,18 +111,7 @@ def test_on_done_is_called_once_when_the_unit_is_done() -> None:
 def test_on_done_of_a_done_unit_is_called_at_once() -> None:
     calls: list[Delivery] = []
     delivery = Delivery()
-    delivery.seal()
+    delivery.owe(0)
     delivery.on_done(calls.append)
     assert calls == [delivery]
 
-
-def test_owe_counts_the_copies_and_finishes_a_unit_owing_none() -> None:
-    nothing = Delivery()
-    nothing.owe(0)
-    assert nothing.done
-    two = Delivery()
-    two.owe(2)
-    two.settle()
-    assert not two.done
-    two.settle()
-    assert two.done and two.failure is None

@@ -81,17 +81,9 @@ class Delivery:
         self._new_event = new_event
         self._callback: Callable[[Delivery], object] | None = None
 
-    def expect(self, copies: int) -> None:
-        """Called by the router before it hands copies to sinks."""
-        self.pending += copies
-
-    def seal(self) -> None:
-        """Called by the router when it has sent every copy; a unit owing nothing is done."""
-        if self.pending == 0:
-            self._finish()
-
     def owe(self, copies: int) -> None:
-        """:meth:`expect` then :meth:`seal`, in one call: the router knows every copy before sending any."""
+        """Called by the router with the number of required copies, before it sends any (so an early
+        settle cannot finish the unit); a unit owing nothing is done at once."""
         self.pending += copies
         if self.pending == 0:
             self._finish()

@@ -259,7 +259,7 @@ class Pipeline:
         """Hand processed envelopes to the sinks' buffers: the delivery, or an awaitable while one is full."""
         delivery = Delivery(self._new_event)
         if not envelopes:
-            delivery.seal()
+            delivery.owe(0)
             return delivery
         copies: list[tuple[SinkWorker, list[Envelope]]]
         for envelope in envelopes:
