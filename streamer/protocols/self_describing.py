@@ -72,4 +72,3 @@ class SelfDescribingRoute(Route):
         if not items:
             return error_response(400, "empty_batch", "the array holds no events")
         return Accepted(envelopes_from_items(items, ingest.source(request), self.spec), received)
-
