@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from anyio.abc import SocketStream
@@ -318,3 +319,70 @@ async def test_every_address_of_the_host_is_served_on_one_port(tmp_path: Path) -
                 response = await client.post(f"http://{host}:{port}/events", json=EVENT)
             assert response.status_code == 200, address
     assert len(read_jsonl(tmp_path / "valid.jsonl")) == len(addresses)
+
+
+def _uvloop_backend() -> object:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return pytest.param(
+            ("asyncio", {"use_uvloop": True}), id="uvloop",
+            marks=pytest.mark.skip(reason="uvloop is not installed: pip install -e '.[fast]'"),
+        )
+    return pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", _uvloop_backend(), "trio"])
+@pytest.mark.parametrize("server", ["auto", "anyio_streams"])
+async def test_clients_that_connect_together_are_accepted_together_while_the_loop_is_busy(
+    tmp_path: Path, server: str
+) -> None:
+    """Every connection waiting is taken when the listener is readable, not one per turn of the loop.
+
+    libuv (uvloop) and anyio's accept take one per turn, and under load a turn lasts as long as the
+    requests it answers: a burst of clients waited a turn each before their first request was read.
+    Counted in turns of the loop, not seconds: a busy task makes each turn last 5 ms.
+    """
+    import socket
+    import time
+
+    clients_count = 32
+    spec = PIPELINE.replace("    idle_timeout: 1.0\n", f"    idle_timeout: 1.0\n    server: {server}\n")
+    async with running(spec, tmp_path) as p:
+        port = http_port(p)
+        turns = 0
+        answered_at: list[int] = []
+
+        async def busy() -> None:
+            nonlocal turns
+            while True:
+                time.sleep(0.005)
+                turns += 1
+                await anyio.lowlevel.checkpoint()
+
+        async def ask(client: socket.socket) -> None:
+            client.sendall(b"GET /nowhere HTTP/1.1\r\nhost: x\r\n\r\n")
+            client.setblocking(False)
+            received = b""
+            while b"\r\n\r\n" not in received:
+                await anyio.wait_readable(client)
+                received += client.recv(65536)
+            assert received.startswith(b"HTTP/1.1 404 ")
+            answered_at.append(turns)
+
+        # Connected by the kernel into the listener's backlog before the server takes any of them.
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(clients_count)]
+        try:
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(busy)
+                    async with anyio.create_task_group() as asking:
+                        for client in clients:
+                            asking.start_soon(ask, client)
+                    tasks.cancel_scope.cancel()
+        finally:
+            for client in clients:
+                client.close()
+        assert len(answered_at) == clients_count
+        # One accept per turn spreads the answers over >= 31 turns; all at once, over a few.
+        assert max(answered_at) - min(answered_at) <= 4, answered_at

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -24,6 +25,7 @@ import anyio
 import httptools
 from anyio.abc import SocketAttribute, TaskGroup, TaskStatus
 
+from streamer.http.accept import ACCEPT_RETRY_DELAY, accept_waiting
 from streamer.http.messages import Request, Response, error_response
 from streamer.http.wire import BadRequest, Limits, RequestParser, encode_response
 
@@ -69,6 +71,9 @@ class AsyncioHttpServer:
         self.on_timeout = on_timeout or limits.timeout_response
         self._connections: set[_HttpProtocol] = set()
         self._tasks: TaskGroup | None = None
+        self._listening: list[socket.socket] = []
+        self._opening: set[asyncio.Task[None]] = set()
+        self._retrying: list[asyncio.TimerHandle] = []
         self._drained: anyio.Event | None = None
         self.tick = limits.tick
         self.bound_port: int | None = None
@@ -76,26 +81,26 @@ class AsyncioHttpServer:
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         loop = asyncio.get_running_loop()
         # anyio binds every address the host resolves to on one port (port 0: the one the first got),
-        # as the anyio-streams server does; asyncio serves on copies of those sockets.
+        # as the anyio-streams server does; this server accepts on copies of those sockets itself
+        # (streamer.http.accept says why not through loop.create_server).
         listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
         try:
-            sockets = [one.extra(SocketAttribute.raw_socket).dup() for one in listener.listeners]
+            self._listening = [one.extra(SocketAttribute.raw_socket).dup() for one in listener.listeners]
             self.bound_port = int(listener.extra(SocketAttribute.local_port))
         finally:
             await listener.aclose()
-        servers: list[asyncio.Server] = []
         try:
-            for one in sockets:
-                servers.append(await loop.create_server(lambda: _HttpProtocol(self), sock=one, backlog=65535))
-            log.info("http listening host=%s port=%d", self.host, self.bound_port)
-            task_status.started(self.bound_port)
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
+                for one in self._listening:
+                    one.setblocking(False)
+                    loop.add_reader(one, self._accept, loop, one)
+                log.info("http listening host=%s port=%d", self.host, self.bound_port)
+                task_status.started(self.bound_port)
                 watching = anyio.CancelScope()
                 tasks.start_soon(self._watch, watching)
                 await self.stopping.wait()
-                for server in servers:
-                    server.close()
+                self._stop_accepting(loop)
                 self._drained = anyio.Event()
                 # Idle connections end now; the others once their requests are answered.
                 for connection in list(self._connections):
@@ -105,12 +110,41 @@ class AsyncioHttpServer:
                 watching.cancel()
                 # Leaving the group waits for handlers still running in tasks (their clients gone).
         finally:
-            for server in servers:
-                server.close()
-            for one in sockets[len(servers) :]:  # not served: creating a server failed
-                one.close()
+            self._stop_accepting(loop)
             for connection in list(self._connections):  # a kill, or the shutdown deadline, cut the drain short
                 connection.abort()
+
+    def _accept(self, loop: asyncio.AbstractEventLoop, listening: socket.socket) -> None:
+        """Take the connections waiting on ``listening`` (a reader callback of the loop's)."""
+        accepted, error = accept_waiting(listening)
+        for connection in accepted:
+            opening = loop.create_task(self._open(loop, connection))
+            self._opening.add(opening)  # the loop keeps only a weak reference to a task
+            opening.add_done_callback(self._opening.discard)
+        if error is not None and listening in self._listening:
+            log.error("accept failed error=%r; accepting again in %.0f s", error, ACCEPT_RETRY_DELAY)
+            loop.remove_reader(listening)
+            self._retrying.append(loop.call_later(ACCEPT_RETRY_DELAY, self._resume_accepting, loop, listening))
+
+    def _resume_accepting(self, loop: asyncio.AbstractEventLoop, listening: socket.socket) -> None:
+        if listening in self._listening:
+            loop.add_reader(listening, self._accept, loop, listening)
+
+    async def _open(self, loop: asyncio.AbstractEventLoop, connection: socket.socket) -> None:
+        try:
+            await loop.connect_accepted_socket(lambda: _HttpProtocol(self), connection)
+        except OSError:  # the client left before its transport was made
+            connection.close()
+
+    def _stop_accepting(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close the listening sockets (idempotent); connections in the backlog are refused."""
+        for retry in self._retrying:
+            retry.cancel()
+        self._retrying.clear()
+        for one in self._listening:
+            loop.remove_reader(one)
+            one.close()
+        self._listening.clear()
 
     def run(self, connection: _HttpProtocol, request: Request, outcome: Awaitable[Response]) -> None:
         """Answer ``request`` with ``outcome`` once it is awaited, in a task of the server's."""

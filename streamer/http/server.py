@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +29,7 @@ import anyio
 import httptools
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 
+from streamer.http.accept import ACCEPT_RETRY_DELAY, accept_waiting
 from streamer.http.messages import Request, Response, error_response
 from streamer.http.wire import BadRequest, Limits, RequestParser, encode_response
 
@@ -137,14 +139,24 @@ class HttpServer:
                 connection.scope.cancel()
 
     async def _accept(self, listener: Any, connections: anyio.abc.TaskGroup) -> None:
+        """Take the connections waiting on ``listener`` each time it is readable (see streamer.http.accept)."""
+        listening = listener.extra(SocketAttribute.raw_socket)
         while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:  # EMFILE and friends: back off instead of spinning
-                log.error("accept failed error=%r", exc)
-                await anyio.sleep(0.1)
-                continue
-            connections.start_soon(self._connection, stream)
+            await anyio.wait_readable(listening)
+            accepted, error = accept_waiting(listening)
+            for connection in accepted:
+                connections.start_soon(self._connection_on, connection)
+            if error is not None:
+                log.error("accept failed error=%r; accepting again in %.0f s", error, ACCEPT_RETRY_DELAY)
+                await anyio.sleep(ACCEPT_RETRY_DELAY)
+
+    async def _connection_on(self, connection: socket.socket) -> None:
+        try:
+            stream = await SocketStream.from_socket(connection)
+        except OSError:  # the client left before its stream was made
+            connection.close()
+            return
+        await self._connection(stream)
 
     async def _connection(self, stream: SocketStream) -> None:
         try:
