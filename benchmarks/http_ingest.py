@@ -1,7 +1,7 @@
 """HTTP ingest benchmark: streamer's quickstart pipeline against the bare anyio+httptools ceiling.
 
     .venv/bin/python benchmarks/http_ingest.py [--duration 10] [--warmup 2] [--connections 64]
-                                               [--backend asyncio|trio] [--scenario self_describing|tp2|all]
+                                               [--backend asyncio|trio] [--scenario self_describing|tp2|tp2_replay|all]
 
 For each run it starts the server pinned to core 0 (``taskset -c 0``), drives it with ``wrk`` pinned to
 core 1 (one thread, keep-alive connections, POST bodies from ``benchmarks/post.lua``), first for the
@@ -11,7 +11,9 @@ warm-up and then for the measured window, and stops it with SIGTERM:
    ratio target), and on asyncio also with ``--transports``, on asyncio's transports (the stack
    streamer's HTTP input uses there: its own ceiling);
 2. ``streamer run benchmarks/pipelines/<scenario>.yml`` (the real CLI process): HTTP -> decode -> validate
-   -> annotate -> valid/invalid JSON-lines files in a temporary directory.
+   -> annotate -> valid/invalid JSON-lines files in a temporary directory. ``tp2_replay`` runs tp2
+   through ``benchmarks/replay_tp2.py``: the tp2 route builds each distinct body's envelopes once and
+   replays copies, so its figure is the rest of the pipeline's ceiling (a decoder that cost nothing).
 
 It prints requests/s, events/s, the ratio to the bare server, latency, the server's CPU use, whether every
 response was a 2xx, and checks the files: every answered event is in the valid file (a few more may be,
@@ -158,6 +160,8 @@ class Scenario:
     events_per_request: int
     bodies: Callable[[int, random.Random], list[bytes]]
     content_type: str = "application/json"
+    command: tuple[str, ...] = ()
+    """How to start streamer (before ``run PIPELINE``); empty: the installed ``streamer`` CLI."""
 
 
 SCENARIOS = {
@@ -171,6 +175,16 @@ SCENARIOS = {
         25,
         tp2_bodies,
         "application/json; charset=UTF-8",
+    ),
+    # The floor under tp2: the same run with the route's decoding done once per distinct body.
+    "tp2_replay": Scenario(
+        "tp2_replay",
+        HERE / "pipelines" / "snowplow.yml",
+        "/com.snowplowanalytics.snowplow/tp2",
+        25,
+        tp2_bodies,
+        "application/json; charset=UTF-8",
+        (PYTHON, str(HERE / "replay_tp2.py")),
     ),
 }
 
@@ -347,7 +361,8 @@ def run_pipeline(scenario: Scenario, args: argparse.Namespace, work: Path, bodie
         env["BENCH_LINGER"] = str(args.linger)
     with log.open("wb") as out:
         process = subprocess.Popen(
-            ["taskset", "-c", SERVER_CORE, str(Path(PYTHON).parent / "streamer"), "run", str(scenario.pipeline),
+            ["taskset", "-c", SERVER_CORE, *(scenario.command or [str(Path(PYTHON).parent / "streamer")]),
+             "run", str(scenario.pipeline),
              "--backend", args.backend],
             cwd=out_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
