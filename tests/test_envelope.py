@@ -1,8 +1,19 @@
-"""The envelope's helpers: schema URI parts."""
+"""The envelope's helpers: schema URI parts, event ids."""
 
 from __future__ import annotations
 
-from streamer.core.envelope import NO_SCHEMA_PARTS, Envelope, Source, schema_parts, set_schema, utc_now
+import uuid
+
+from streamer.core.envelope import (
+    NO_SCHEMA_PARTS,
+    Envelope,
+    Source,
+    new_event_id,
+    new_event_ids,
+    schema_parts,
+    set_schema,
+    utc_now,
+)
 
 
 def test_schema_parts_of_iglu_uris_and_of_others() -> None:
@@ -20,3 +31,13 @@ def test_set_schema_leaves_the_parts_empty_for_a_uri_that_is_not_iglu() -> None:
     assert envelope.schema == "urn:example:thing" and envelope.schema_vendor is None
     set_schema(envelope, "iglu:com.example/page_view/jsonschema/1-0-0")
     assert (envelope.schema_vendor, envelope.schema_version) == ("com.example", "1-0-0")
+
+
+def test_event_ids_are_distinct_canonical_uuid4_strings() -> None:
+    ids = new_event_ids(5000) + [new_event_id() for _ in range(3000)]  # across refills of 2048
+    assert len(set(ids)) == len(ids)
+    for event_id in ids:
+        parsed = uuid.UUID(event_id)
+        assert (str(parsed), parsed.version, parsed.variant) == (event_id, 4, uuid.RFC_4122)
+    assert {event_id[19] for event_id in ids} == set("89ab")  # every variant digit occurs
+    assert len({event_id[0] for event_id in ids}) == 16  # random digits are not stuck

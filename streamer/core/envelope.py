@@ -7,7 +7,6 @@ purpose: processors annotate them in place instead of copying per event.
 from __future__ import annotations
 
 import os
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -168,18 +167,20 @@ def fill_self_describing(
 
 
 _IDS_PER_BLOCK = 2048
-# Applied to 16 random bytes at a time: version nibble 4, variant bits 10 (RFC 9562).
-_KEEP = int.from_bytes(bytes.fromhex("ffffffffffff0fff3fffffffffffffff") * _IDS_PER_BLOCK, "big")
-_SET = int.from_bytes(bytes.fromhex("00000000000040008000000000000000") * _IDS_PER_BLOCK, "big")
-_GROUPS = re.compile(r"(.{8})(.{4})(.{4})(.{4})(.{12})", re.ASCII | re.DOTALL)
+_HEX_RUNS = ((0, 8, 0), (8, 12, 9), (12, 16, 14), (16, 20, 19), (20, 32, 24))
+"""(first, end) hex digits of 16 random bytes -> where they go in the 36-character id."""
+_VARIANT = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")
+"""Any hex digit -> one whose top bits are 10: the RFC 9562 variant."""
+_SEPARATOR = b" "
 
 
 class _IdPool:
     """Random UUIDv4 strings made 2048 at a time from one ``os.urandom`` block.
 
-    ``str(uuid.uuid4())`` costs ~6 us; here the version and variant bits are set with one big-integer
-    mask over the whole block and the strings are cut and joined in C (``findall`` + ``map``), so an
-    id costs ~1 us at refill and a ``list.pop`` after.
+    ``str(uuid.uuid4())`` costs ~6 us. Here the whole block's ids are laid out in one buffer, each
+    hex digit position copied for all 2048 ids at once by a strided slice, the version and variant
+    digits set the same way, and ``split`` cuts the strings: ~0.3 us an id at refill (a regex
+    ``findall`` + join, before: ~0.9), and a ``list.pop`` after.
     """
 
     __slots__ = ("_ids",)
@@ -203,9 +204,17 @@ class _IdPool:
         return taken
 
     def _refill(self) -> None:
-        size = 16 * _IDS_PER_BLOCK
-        block = (int.from_bytes(os.urandom(size), "big") & _KEEP | _SET).to_bytes(size, "big")
-        self._ids.extend(map("-".join, _GROUPS.findall(block.hex())))
+        count = _IDS_PER_BLOCK
+        digits = os.urandom(16 * count).hex().encode("ascii")
+        # 36 characters an id and a separator between ids; the dashes are there from the start.
+        laid_out = bytearray(b"-" * (37 * count - 1))
+        for first, end, to in _HEX_RUNS:
+            for offset in range(end - first):
+                laid_out[to + offset :: 37] = digits[first + offset :: 32]
+        laid_out[14::37] = b"4" * count  # version 4
+        laid_out[19::37] = digits[16::32].translate(_VARIANT)
+        laid_out[36::37] = _SEPARATOR * (count - 1)
+        self._ids.extend(laid_out.decode("ascii").split(" "))
 
 
 _ID_POOL = _IdPool()

@@ -11,6 +11,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -320,6 +321,9 @@ def test_build_many_gives_what_build_gives() -> None:
         event("pv", dtm="yesterday", stm="1700000000500"),
         event("pv", dtm="1700000000000", stm="later"),
         event("pv", dtm="999999999999999"),
+        event("pv", dtm="253402300799999"),  # the last millisecond a datetime holds
+        event("pv", dtm="253402300800000"),  # one past it
+        event("pv", dtm="7"),
         event("pv", ttm="1600000000000", dtm="1700000000000"),
         event("pv", ip="203.0.113.9", ua="Custom/1.0", tnuid="nuid"),
     ]
@@ -338,6 +342,22 @@ def test_build_many_gives_what_build_gives() -> None:
         assert batch[0].valid and batch[0].schema == BUTTON and batch[0].contexts is not None
         assert "ue_px" not in (batch[0].atomic or {}) and "cx" not in (batch[0].atomic or {})
         assert [e.valid for e in batch[4:9]] == [False] * 5
+
+
+def test_event_times_are_exact_to_the_millisecond() -> None:
+    builder, source, now = EventBuilder(), Source(input="web"), utc_now()
+    stamps = ["1700000000123", "1700000000999", "1700000001000", "7", "253402300799999", "253402300800000"]
+    for _ in range(2):  # the second time, from the cache of seconds
+        batch = builder.build_many([event("pv", dtm=stamp) for stamp in stamps], source, now)
+        assert [e.event_tstamp for e in batch] == [
+            datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=UTC),
+            datetime(2023, 11, 14, 22, 13, 20, 999000, tzinfo=UTC),
+            datetime(2023, 11, 14, 22, 13, 21, tzinfo=UTC),
+            datetime(1970, 1, 1, 0, 0, 0, 7000, tzinfo=UTC),
+            datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC),
+            None,
+        ]
+        assert batch[-1].errors is not None and batch[-1].errors[0].keyword == "timestamp"
 
 
 # Redirects ----------------------------------------------------------------------------------------------

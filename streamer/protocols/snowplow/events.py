@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -154,10 +154,29 @@ def decode_base64(text: str) -> bytes:
         return _decode_base64_stdlib(padded)  # raises, with the standard library's explanation
 
 
+_SECONDS: dict[str, datetime] = {}
+"""Epoch seconds (the digits before the last three) -> that second as a UTC time."""
+_MILLISECONDS = {f"{n:03d}": timedelta(milliseconds=n) for n in range(1000)}
+_MAX_SECONDS = 4096
+
+
 def _timestamp(value: str) -> datetime | None:
-    """Epoch milliseconds (ASCII digits, checked by the caller) as a UTC time; ``None`` when out of range."""
+    """Epoch milliseconds (ASCII digits, checked by the caller) as a UTC time; ``None`` when out of range.
+
+    The events of a tracker fall within a few seconds of each other: the second is looked up by its
+    digits and the milliseconds added (~0.5 us, against ~1.3 for ``datetime.fromtimestamp``).
+    """
+    if len(value) < 4:
+        value = value.rjust(4, "0")
+    second = _SECONDS.get(value[:-3])
     try:
-        return datetime.fromtimestamp(int(value) / 1000, UTC)
+        if second is None:
+            second = datetime.fromtimestamp(int(value[:-3]), UTC)
+            if second.year < 9999:  # adding the milliseconds to a cached second never overflows
+                if len(_SECONDS) >= _MAX_SECONDS:  # timestamps come from clients: bound the cache
+                    _SECONDS.clear()
+                _SECONDS[value[:-3]] = second
+        return second + _MILLISECONDS[value[-3:]]
     except (OverflowError, OSError, ValueError):
         return None
 
@@ -270,7 +289,8 @@ class EventBuilder:
         atomic_schema = self.atomic_schema
         atomic_parts = self.atomic_schema_parts
         a2b = _b64decode_padded
-        fromtimestamp = datetime.fromtimestamp
+        seconds = _SECONDS
+        milliseconds = _MILLISECONDS
         out: list[Envelope] = []
         append = out.append
         for fields, event_id in zip(items, new_event_ids(len(items)), strict=True):
@@ -294,9 +314,9 @@ class EventBuilder:
                 ):
                     append(build(fields, source, now))
                     continue
-                try:
-                    event_tstamp = fromtimestamp(int(stamp) / 1000, UTC)
-                except (OverflowError, OSError, ValueError):
+                second = seconds.get(stamp[:-3])  # None for fewer than 4 digits: never a key
+                event_tstamp = second + milliseconds[stamp[-3:]] if second is not None else _timestamp(stamp)
+                if event_tstamp is None:
                     append(build(fields, source, now))
                     continue
             contexts = None
