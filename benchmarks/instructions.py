@@ -1,6 +1,6 @@
 """Instructions per request: the ingest benchmark's servers counted by callgrind instead of timed.
 
-    .venv/bin/python benchmarks/instructions.py [--scenario self_describing|tp2|all] [--duration 20]
+    .venv/bin/python benchmarks/instructions.py [--scenario self_describing|tp2|tp2_replay|all] [--duration 20]
 
 A shared VM's speed moves by +-30 % from one minute to the next, more than most single changes to the
 hot path; the number of instructions a request costs does not. For the bare anyio+httptools server and
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             bodies.write_bytes(b"\n".join(scenario.bodies(64, rng)) + b"\n")
             port = free_port()
             env = {**os.environ, "BENCH_PORT": str(port), "BENCH_SCHEMAS": str(ROOT / "schemas")}
-            server = [PYTHON, "-m", "streamer", "run", str(scenario.pipeline)]
+            server = [*(scenario.command or (PYTHON, "-m", "streamer")), "run", str(scenario.pipeline)]
             per_request = count(scenario.name, server, f"http://127.0.0.1:{port}/ready",
                                 f"http://127.0.0.1:{port}{scenario.path}", bodies, scenario.content_type,
                                 args, work, env)  # fmt: skip
