@@ -189,18 +189,39 @@ class Processor(Component, ABC):
 
 
 class Batch:
-    """Envelopes a sink writes at once, with their JSON lines encoded once."""
+    """Envelopes a sink writes at once, encoded once, as JSON lines in one buffer.
 
-    __slots__ = ("envelopes", "lines", "nbytes")
+    ``data`` is what a JSON-lines file or body holds: each envelope's JSON document followed by a
+    newline, in order. Sinks that send one message per event take :attr:`lines` instead.
+    """
+
+    __slots__ = ("data", "ends", "envelopes")
 
     def __init__(self) -> None:
         self.envelopes: list[Envelope] = []
-        self.lines: list[bytes] = []
-        """One JSON document per envelope, without a newline."""
-        self.nbytes = 0
+        self.data = bytearray()
+        """Each envelope's JSON document and ``\\n``, in order (encoded straight into it: no bytes per line)."""
+        self.ends: list[int] = []
+        """Where each envelope's line ends in ``data``, after its newline."""
 
     def __len__(self) -> int:
         return len(self.envelopes)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of ``data``."""
+        return len(self.data)
+
+    @property
+    def lines(self) -> list[bytes]:
+        """One JSON document per envelope, without its newline (a copy of each out of ``data``)."""
+        out = []
+        start = 0
+        with memoryview(self.data) as view:
+            for end in self.ends:
+                out.append(view[start : end - 1].tobytes())
+                start = end
+        return out
 
 
 class Sink(Component, ABC):

@@ -66,7 +66,10 @@ class SinkWorker:
         send, receive = anyio.create_memory_object_stream[Item](delivery.buffer)
         self.send_stream: MemoryObjectSendStream[Item] = send
         self._receive: MemoryObjectReceiveStream[Item] = receive
-        self._encode = msgspec.json.Encoder().encode
+        encoder = msgspec.json.Encoder()
+        self._encode = encoder.encode
+        # Straight into the batch's buffer: no bytes object, no growing copy per line.
+        self._encode_into = encoder.encode_into
         self.written = 0
         self.failed = 0
         self.dropped = 0
@@ -131,17 +134,18 @@ class SinkWorker:
 
     def _add(self, batch: Batch, deliveries: list[Delivery], item: Item) -> None:
         envelopes, delivery = item
-        encode = self._encode
-        lines = batch.lines
-        nbytes = batch.nbytes
+        encode_into = self._encode_into
+        data = batch.data
+        ends = batch.ends
         if len(envelopes) == 1:
-            line = encode(envelopes[0])
-            lines.append(line)
-            nbytes += len(line) + 1
+            encode_into(envelopes[0], data, -1)
+            data.append(10)  # "\n"
+            ends.append(len(data))
         else:
             # The envelopes of one unit usually share one Source (an HTTP request's, with its headers):
             # encode it once and splice it in as raw JSON, swapped in only for the (synchronous) encode
             # of each envelope.
+            encode = self._encode
             source: Any = None
             raw: Any = None
             for envelope in envelopes:
@@ -150,13 +154,12 @@ class SinkWorker:
                     raw = msgspec.Raw(encode(source))
                 envelope.source = raw
                 try:
-                    line = encode(envelope)
+                    encode_into(envelope, data, -1)
                 finally:
                     envelope.source = source
-                lines.append(line)
-                nbytes += len(line) + 1
+                data.append(10)
+                ends.append(len(data))
         batch.envelopes.extend(envelopes)
-        batch.nbytes = nbytes
         if delivery is not None:
             deliveries.append(delivery)
 

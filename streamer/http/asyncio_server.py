@@ -135,6 +135,9 @@ class AsyncioHttpServer:
             await loop.connect_accepted_socket(lambda: _HttpProtocol(self), connection)
         except OSError:  # the client left before its transport was made
             connection.close()
+        except Exception:  # a bug: this connection ends, the server goes on
+            log.exception("making a connection's transport failed")
+            connection.close()
 
     def _stop_accepting(self, loop: asyncio.AbstractEventLoop) -> None:
         """Close the listening sockets (idempotent); connections in the backlog are refused."""

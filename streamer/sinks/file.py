@@ -78,13 +78,13 @@ class FileSink(Sink):
         self._opened_at = time.monotonic()
 
     async def write(self, batch: Batch) -> None:
-        data = b"\n".join([*batch.lines, b""])  # the last newline without copying the batch again
+        data = batch.data
         if self.spec.fsync == "batch" or self.spec.rotate is not None:
             await anyio.to_thread.run_sync(self._write, data)
         else:
             self._write(data)  # a buffered write is cheaper than a thread hop
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | bytearray) -> None:
         if self._file is None:
             self._open()
         rotate = self.spec.rotate

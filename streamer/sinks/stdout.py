@@ -26,5 +26,5 @@ class StdoutSink(Sink):
 
     async def write(self, batch: Batch) -> None:
         out = sys.stdout.buffer
-        out.write(b"\n".join([*batch.lines, b""]))
+        out.write(batch.data)
         out.flush()
