@@ -471,7 +471,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, help="py-spy the pipeline's measured window into this file "
                         "(.svg flame graph, .json speedscope, else collapsed stacks)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, output)")
+    parser.add_argument("--connection-close", action="store_true",
+                        help="a new connection for every request (Connection: close), as many webhook senders do")
     args = parser.parse_args(argv)
+    if args.connection_close:
+        os.environ["BENCH_CONNECTION_CLOSE"] = "1"  # read by post.lua in every wrk run
 
     needed = ["wrk", "taskset"] + ([_py_spy()] if args.profile else [])
     missing = [tool for tool in needed if shutil.which(tool) is None]
@@ -487,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="streamer-bench-"))
     rng = random.Random(42)
     try:
-        print(f"backend {args.backend}, {args.connections} connections, {args.warmup:g} s warm-up + "
+        clients = "connections, a new one for every request" if args.connection_close else "connections"
+        print(f"backend {args.backend}, {args.connections} {clients}, {args.warmup:g} s warm-up + "
               f"{args.duration:g} s measured, {args.rounds} round(s); server on core {SERVER_CORE}, "
               f"wrk on core {CLIENT_CORE}; linger {'default' if args.linger is None else args.linger}")  # fmt: skip
         bare_bodies = work / "bare.bodies"

@@ -9,6 +9,9 @@ function init(args)
   local path = os.getenv("BENCH_BODIES")
   local content_type = os.getenv("BENCH_CONTENT_TYPE") or "application/json"
   local headers = { ["Content-Type"] = content_type }
+  if os.getenv("BENCH_CONNECTION_CLOSE") == "1" then
+    headers["Connection"] = "close" -- a new connection for every request
+  end
   local file = assert(io.open(path, "rb"), "cannot open " .. tostring(path))
   for line in file:lines() do
     if #line > 0 then
