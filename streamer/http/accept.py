@@ -1,11 +1,11 @@
 """Taking the connections waiting on a listening socket: all of them at once, not one per loop turn.
 
 Both HTTP servers accept through :func:`accept_waiting` whenever their listening socket is readable.
-The event loops' own accept paths take one connection per turn of the loop: libuv (uvloop) since
-1.45, anyio's ``accept`` (a checkpoint each) on asyncio and trio. Under load a turn takes as long as
-the requests it answers (tens of milliseconds with 64 busy connections), so a burst of new
+The event loops' own accept paths take one connection per turn of the loop: the libuv of uvloop 0.23
+(measured), and anyio's ``accept`` (a checkpoint each) on asyncio and trio. Under load a turn takes as
+long as the requests it answers (tens of milliseconds with 64 busy connections), so a burst of new
 connections waited in the kernel's backlog for one turn each: 64 clients connecting at once saw up
-to 1.7 s before their first request was read (``docs/performance.md``, "Accepting").
+to 1.7 s before their first request was read (``docs/performance.md``, "Accepting connections").
 """
 
 from __future__ import annotations

@@ -156,6 +156,10 @@ class HttpServer:
         except OSError:  # the client left before its stream was made
             connection.close()
             return
+        except Exception:  # a bug: this connection ends, the server goes on
+            log.exception("making a connection's stream failed")
+            connection.close()
+            return
         await self._connection(stream)
 
     async def _connection(self, stream: SocketStream) -> None:
