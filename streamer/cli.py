@@ -32,13 +32,13 @@ def _compile(file: str) -> CompiledSpec:
 
 
 def _lint(args: argparse.Namespace) -> int:
-    from streamer.core.graph import check_backend
+    from streamer.core.graph import check_pipeline
 
     failed = False
     for file in args.files:
         try:
             compiled = _compile(file)
-            check_backend(compiled, args.backend)
+            check_pipeline(compiled, args.backend)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             failed = True
@@ -83,11 +83,11 @@ def _backend_options(backend: str) -> dict[str, Any]:
 def _run(args: argparse.Namespace) -> int:
     import anyio
 
-    from streamer.core.graph import check_backend
+    from streamer.core.graph import check_pipeline
 
     try:
         compiled = _compile(args.file)
-        check_backend(compiled, args.backend)
+        check_pipeline(compiled, args.backend)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG

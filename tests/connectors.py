@@ -12,6 +12,8 @@ TEST_CONNECTORS = {
     "sink": {
         "controlled": "tests.connectors:ControlledSink",
         "asyncio_only": "tests.connectors:AsyncioOnlySink",
+        "flaky": "tests.flaky_sink:FlakySink",
+        "rows": "tests.flaky_sink:RowsSink",
     }
 }
 

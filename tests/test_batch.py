@@ -7,10 +7,8 @@ from typing import Any
 
 import msgspec
 
-from streamer.core.components import Batch, DeliverySpec
+from streamer.core.components import Batch, BatchEncoder
 from streamer.core.envelope import Envelope, Source, new_event_id, utc_now
-from streamer.core.runtime import SinkWorker
-from streamer.sinks.blackhole import BlackholeSink, BlackholeSpec
 
 
 def envelope(source: Source, **fields: Any) -> Envelope:
@@ -21,19 +19,16 @@ def envelope(source: Source, **fields: Any) -> Envelope:
 
 
 def test_a_batch_holds_each_envelope_as_its_plain_json_line() -> None:
-    worker = SinkWorker(BlackholeSink("out", BlackholeSpec(route="all"), None), "all", DeliverySpec())  # type: ignore[arg-type]
     shared = Source(input="web", client_ip="203.0.113.9", headers={"user-agent": "test"})
     other = Source(input="web", client_ip="198.51.100.7")
     units = [
         [envelope(shared)],
         [envelope(shared, n=1), envelope(shared, n=2), envelope(other, n=3), envelope(shared, n=4)],
     ]
+    encoder = BatchEncoder()
     batch = Batch()
-    try:
-        for unit in units:
-            worker._add(batch, [], (unit, None))
-    finally:
-        worker.close()
+    for unit in units:
+        encoder.add(batch, unit)
     everything = [e for unit in units for e in unit]
     expected = [msgspec.json.encode(e) for e in everything]
     assert bytes(batch.data) == b"".join(line + b"\n" for line in expected)

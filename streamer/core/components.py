@@ -9,7 +9,7 @@ level, so that compiling a pipeline imports only what it uses.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol
@@ -27,9 +27,11 @@ if TYPE_CHECKING:
 __all__ = [
     "BOTH_BACKENDS",
     "Batch",
+    "BatchEncoder",
     "Component",
     "Context",
     "DeliverySpec",
+    "Encoding",
     "Input",
     "InputSpec",
     "Processor",
@@ -38,6 +40,8 @@ __all__ = [
     "SinkSpec",
     "Submit",
 ]
+
+Encoding = Literal["json_lines", "none"]
 
 BOTH_BACKENDS: frozenset[str] = frozenset({"asyncio", "trio"})
 ASYNCIO_ONLY: frozenset[str] = frozenset({"asyncio"})
@@ -106,17 +110,61 @@ class DeliverySpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         ),
     ] = 256
     retries: Annotated[
-        int, msgspec.Meta(ge=0, description="Attempts after the first failed write before giving up on a batch.")
+        int,
+        msgspec.Meta(
+            ge=0,
+            description="Attempts after the first failed write before giving up on a batch (errors the sink "
+            "reports as fatal are not retried).",
+        ),
     ] = 3
     retry_backoff: Annotated[
-        float, msgspec.Meta(gt=0, description="Seconds before the first retry; doubles each time, up to 30 s.")
+        float,
+        msgspec.Meta(
+            gt=0,
+            description="Seconds before the first retry; the wait doubles with each retry, up to "
+            "`retry_max_backoff`, and each wait is drawn between half of it and all of it (jitter), so "
+            "that many writers retrying at once spread out.",
+        ),
     ] = 0.1
+    retry_max_backoff: Annotated[
+        float, msgspec.Meta(gt=0, description="Longest wait between two attempts, in seconds.")
+    ] = 30.0
+    max_in_flight: Annotated[
+        int,
+        msgspec.Meta(
+            ge=1,
+            description="Batches this sink may be writing at once. 1 keeps batches in order; more overlap "
+            "the round trips of a remote sink (Kafka, HTTP) and may reorder batches.",
+        ),
+    ] = 1
+    dead_letter: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="Name of another sink of this pipeline that receives the events this sink gave up "
+            "on (retries exhausted, a fatal error, or overflow with `when_full: dead_letter`), each wrapped "
+            "with the sink, the error, the attempts and the time. For a required sink, a batch is "
+            "acknowledged once its dead letters are written.",
+            examples=["dead_letters"],
+        ),
+    ] = None
+    when_full: Annotated[
+        Literal["block", "dead_letter", "drop"],
+        msgspec.Meta(
+            description="What inputs do when this sink's buffer is full. `block`: wait for room "
+            "(backpressure; the only choice for a required sink). For a best-effort sink, `dead_letter` sends "
+            "the overflow to the dead-letter sink instead, so a slow or broken shadow sink never slows the "
+            "required ones; `drop` discards it (counted and logged).",
+        ),
+    ] = "block"
 
 
 class SinkSpec(Spec):
     route: Annotated[
-        Literal["valid", "invalid", "all"],
-        msgspec.Meta(description="Which events this sink receives."),
+        Literal["valid", "invalid", "all", "dead_letters"],
+        msgspec.Meta(
+            description="Which events this sink receives: `valid`, `invalid` or `all` of them, or "
+            "`dead_letters`: only what the sinks naming it as their `delivery.dead_letter` give up on."
+        ),
     ] = "valid"
     delivery: Annotated[DeliverySpec, msgspec.Meta(description="Batching, retries, acknowledgement.")] = (
         msgspec.field(default_factory=DeliverySpec)
@@ -141,10 +189,19 @@ class Context:
 
 
 class Component:
-    """Shared by all connectors: the spec type and the backends it runs on."""
+    """Shared by all connectors: the spec type, the backends it runs on and the packages it needs.
+
+    ``requires`` names the modules a connector imports at run time that are not streamer's own
+    dependencies, and ``extra`` the ``streamer[...]`` extra that installs them: a pipeline using the
+    connector while one is missing is refused by ``lint`` and ``run`` alike, before anything starts
+    (``streamer.core.graph.check_pipeline``), rather than failing on first use.
+    """
 
     Spec: ClassVar[type[msgspec.Struct]]
     backends: ClassVar[frozenset[str]] = BOTH_BACKENDS
+    backend_reason: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str | None] = None
 
 
 class Input(Component, ABC):
@@ -192,7 +249,8 @@ class Batch:
     """Envelopes a sink writes at once, encoded once, as JSON lines in one buffer.
 
     ``data`` is what a JSON-lines file or body holds: each envelope's JSON document followed by a
-    newline, in order. Sinks that send one message per event take :attr:`lines` instead.
+    newline, in order. Sinks that send one message per event take :attr:`lines` instead. For a sink
+    whose ``encoding`` is ``"none"`` (it maps envelopes to rows itself) ``data`` stays empty.
     """
 
     __slots__ = ("data", "ends", "envelopes")
@@ -223,9 +281,81 @@ class Batch:
                 start = end
         return out
 
+    def select(self, indexes: Iterable[int]) -> Batch:
+        """A new batch of the envelopes at ``indexes`` (in that order), their lines copied, not encoded again."""
+        part = Batch()
+        encoded = bool(self.ends)
+        data = self.data
+        for index in indexes:
+            part.envelopes.append(self.envelopes[index])
+            if encoded:
+                start = self.ends[index - 1] if index else 0
+                part.data += data[start : self.ends[index]]
+                part.ends.append(len(part.data))
+        return part
+
+
+class BatchEncoder:
+    """Adds units' envelopes to a batch in the form a sink asked for (its ``encoding``).
+
+    ``json_lines``: each envelope is encoded once, straight into ``batch.data``. The envelopes of one
+    unit usually share one :class:`Source` (an HTTP request's, with its headers): it is encoded once
+    per unit and spliced in as raw JSON. ``none``: only ``batch.envelopes`` is filled.
+    """
+
+    __slots__ = ("_encode", "_encode_into", "encoding")
+
+    def __init__(self, encoding: Encoding = "json_lines") -> None:
+        self.encoding = encoding
+        encoder = msgspec.json.Encoder()
+        self._encode = encoder.encode
+        self._encode_into = encoder.encode_into
+
+    def add(self, batch: Batch, envelopes: list[Envelope]) -> None:
+        if self.encoding == "json_lines":
+            data = batch.data
+            ends = batch.ends
+            encode_into = self._encode_into
+            if len(envelopes) == 1:
+                encode_into(envelopes[0], data, -1)
+                data.append(10)  # "\n"
+                ends.append(len(data))
+            else:
+                encode = self._encode
+                source: Any = None
+                raw: Any = None
+                for envelope in envelopes:
+                    if envelope.source is not source:
+                        source = envelope.source
+                        raw = msgspec.Raw(encode(source))
+                    # Swapped in only for this synchronous encode: the envelope is unchanged after it.
+                    envelope.source = raw
+                    try:
+                        encode_into(envelope, data, -1)
+                    finally:
+                        envelope.source = source
+                    data.append(10)
+                    ends.append(len(data))
+        batch.envelopes.extend(envelopes)
+
+    def batch(self, envelopes: list[Envelope]) -> Batch:
+        """A batch of ``envelopes``, as a sink worker would make it."""
+        batch = Batch()
+        self.add(batch, envelopes)
+        return batch
+
 
 class Sink(Component, ABC):
-    """Writes batches. ``write`` returns only once the batch is durable for this sink."""
+    """Writes batches. ``write`` returns only once the batch is durable for this sink.
+
+    ``write`` raises on failure, ideally one of :mod:`streamer.core.errors` (retryable, fatal, or a
+    :class:`~streamer.core.errors.BatchError` naming the records that failed); it never retries and
+    never logs per event: the worker does both. ``encoding`` says what the worker prepares: JSON lines
+    in ``batch.data`` (the default) or nothing beyond ``batch.envelopes`` (``"none"``, for sinks that
+    map envelopes to rows or records themselves and would not use the lines).
+    """
+
+    encoding: ClassVar[Encoding] = "json_lines"
 
     def __init__(self, name: str, spec: Any, context: Context) -> None:
         self.name = name

@@ -13,6 +13,8 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "DeadLetter",
+    "DeadLetterInfo",
     "Envelope",
     "ErrorDetail",
     "SelfDescribing",
@@ -94,6 +96,33 @@ class Envelope(msgspec.Struct, kw_only=True):
 SchemaParts = tuple[str | None, str | None, str | None, str | None]
 NO_SCHEMA_PARTS: SchemaParts = (None, None, None, None)
 _SCHEMA_PARTS: dict[str, SchemaParts] = {}
+
+
+class DeadLetterInfo(msgspec.Struct, kw_only=True):
+    """Why an event is in a dead-letter sink."""
+
+    sink: str
+    """The sink that could not take the event."""
+    reason: str
+    """``failed``: the sink gave up after its retries (or on a fatal error); ``overflow``: its buffer was
+    full and its ``when_full`` is ``dead_letter``."""
+    error: str | None = None
+    """The last error the sink raised, for ``failed``."""
+    attempts: int = 0
+    """Writes tried (0 for ``overflow``)."""
+    time: datetime
+    """When the event was given up on."""
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    """An event as a dead-letter sink stores it: the original envelope, untouched, and why it is there.
+
+    The ``file`` input with ``format: envelope`` reads these lines back as the original envelopes (same
+    ids and times), which is how dead letters are replayed into the sink that missed them.
+    """
+
+    dead_letter: DeadLetterInfo
+    envelope: Envelope
 
 
 def schema_parts(uri: str) -> SchemaParts:

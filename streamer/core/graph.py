@@ -1,12 +1,15 @@
 """Compiling a checked spec into a :class:`~streamer.core.runtime.Pipeline`.
 
-This is where the backend is checked: every connector lists the anyio backends
-it runs on, and a pipeline that cannot run on the chosen one is refused before
-anything starts, naming the connector and where it is written.
+This is where a pipeline is checked against the machine it is to run on: every
+connector lists the anyio backends it runs on and the optional packages it needs
+(``requires``, installed by the ``extra``), and a pipeline that cannot run on the
+chosen backend or lacks a package is refused before anything starts, naming the
+connector, where it is written and what to do.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ from streamer.core.registry import SchemaResolver
 from streamer.core.runtime import Pipeline, SinkWorker
 from streamer.core.spec import CompiledSpec, Component
 
-__all__ = ["build_pipeline", "check_backend"]
+__all__ = ["build_pipeline", "check_backend", "check_pipeline", "check_requirements", "missing_modules"]
 
 
 def _walk(components: list[Component]) -> list[Component]:
@@ -48,6 +51,55 @@ def check_backend(compiled: CompiledSpec, backend: str) -> None:
         raise ConfigError(problems)
 
 
+def missing_modules(modules: tuple[str, ...]) -> list[str]:
+    """Those of ``modules`` that cannot be imported here (looked up, not imported)."""
+    missing = []
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package missing, or a broken install
+            found = False
+        if not found:
+            missing.append(module)
+    return missing
+
+
+def check_requirements(compiled: CompiledSpec) -> None:
+    """Refuse a pipeline whose connectors need packages that are not installed, with the install command."""
+    problems: list[Problem] = []
+    for component in _walk(compiled.all_components()):
+        missing = missing_modules(getattr(component.cls, "requires", ()))
+        if not missing:
+            continue
+        extra = getattr(component.cls, "extra", None)
+        how = f"pip install 'streamer[{extra}]'" if extra else f"pip install {' '.join(missing)}"
+        type_name = spec_type(component.spec)
+        problems.append(
+            compiled.document.problem(
+                (*component.path, "type"),
+                f"`{type_name}` at {'.'.join(str(p) for p in component.path)} needs "
+                f"{', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: {how}",
+            )
+        )
+    if problems:
+        raise ConfigError(problems)
+
+
+def check_pipeline(compiled: CompiledSpec, backend: str) -> None:
+    """Everything :func:`check_backend` and :func:`check_requirements` refuse, reported together."""
+    problems: list[Problem] = []
+    try:
+        check_backend(compiled, backend)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    try:
+        check_requirements(compiled)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+
+
 def _instantiate(component: Component, context: Context, *, named: bool) -> Any:
     children = {
         field: [_instantiate(child, context, named=False) for child in items]
@@ -61,7 +113,7 @@ def _instantiate(component: Component, context: Context, *, named: bool) -> Any:
 
 def build_pipeline(compiled: CompiledSpec, backend: str, *, base_dir: Path | None = None) -> Pipeline:
     """Instantiate every connector; must run inside the event loop that will run the pipeline."""
-    check_backend(compiled, backend)
+    check_pipeline(compiled, backend)
     resolver = SchemaResolver(
         [],
         ttl=compiled.cache.ttl,
@@ -76,6 +128,10 @@ def build_pipeline(compiled: CompiledSpec, backend: str, *, base_dir: Path | Non
     for component in compiled.sinks:
         sink = _instantiate(component, context, named=True)
         workers.append(SinkWorker(sink, component.spec.route, component.spec.delivery))
+    by_name = {worker.name: worker for worker in workers}
+    for worker in workers:
+        if worker.settings.dead_letter is not None:
+            worker.use_dead_letter(by_name[worker.settings.dead_letter])
     inputs = [_instantiate(c, context, named=True) for c in compiled.inputs]
     pipeline = Pipeline(
         name=compiled.name,

@@ -163,6 +163,10 @@ class Repository(ABC):
     Spec: ClassVar[type[msgspec.Struct]]
     backends: ClassVar[frozenset[str]] = frozenset({"asyncio", "trio"})
     backend_reason: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    """Modules this repository imports at run time beyond streamer's dependencies (see ``Component``)."""
+    extra: ClassVar[str | None] = None
+    """The ``streamer[...]`` extra that installs ``requires``."""
 
     def __init__(self, name: str, spec: Any, context: Any) -> None:
         self.name = spec.name or f"{spec_type(spec)}[{name}]"

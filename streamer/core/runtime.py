@@ -17,7 +17,9 @@ streams close and every worker writes what it holds. All of it must finish withi
 from __future__ import annotations
 
 import logging
+import random
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,12 +28,13 @@ import msgspec
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from streamer.core.components import Batch, Context, DeliverySpec, Input, Processor, Sink
+from streamer.core.components import Batch, BatchEncoder, Context, DeliverySpec, Input, Processor, Sink
 from streamer.core.delivery import Delivery, DeliveryFailed, LoopEvent
-from streamer.core.envelope import Envelope
+from streamer.core.envelope import DeadLetter, DeadLetterInfo, Envelope, utc_now
+from streamer.core.errors import BatchError, is_retryable
 from streamer.core.registry import SchemaResolver
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TIMEOUT", "Pipeline", "SinkWorker"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TIMEOUT", "Pipeline", "SinkWorker", "retry_delay"]
 
 log = logging.getLogger("streamer")
 
@@ -39,9 +42,11 @@ EXIT_OK = 0
 EXIT_TIMEOUT = 1
 EXIT_INTERRUPTED = 130
 
-Item = tuple[list[Envelope], Delivery | None]
+Item = tuple[list[Envelope], "Delivery | None", "DeadLetterInfo | None"]
+"""One unit's envelopes for one sink, the delivery they owe (required copies only), and, for items
+sent to a dead-letter sink, why they are there."""
 
-_MAX_BACKOFF = 30.0
+_OVERFLOW_LOG_INTERVAL = 10.0
 
 
 async def _receive_before(receive: MemoryObjectReceiveStream[Item], deadline: float) -> Item | None:
@@ -54,8 +59,36 @@ async def _receive_before(receive: MemoryObjectReceiveStream[Item], deadline: fl
     return None
 
 
+def retry_delay(settings: DeliverySpec, retry: int, draw: Callable[[float, float], float] = random.uniform) -> float:
+    """Seconds to wait before retry number ``retry`` (1, 2, ...): exponential with "equal jitter".
+
+    The ceiling doubles from ``retry_backoff`` up to ``retry_max_backoff``; the wait is drawn between
+    half the ceiling and the ceiling, so writers that failed together do not retry together.
+    """
+    ceiling = min(settings.retry_backoff * 2 ** (retry - 1), settings.retry_max_backoff)
+    return draw(ceiling / 2, ceiling)
+
+
+class _Entry:
+    """Where one item sits in a batch: envelopes ``[start, end)``, the delivery it owes, its dead-letter info."""
+
+    __slots__ = ("delivery", "end", "info", "start")
+
+    def __init__(self, start: int, end: int, delivery: Delivery | None, info: DeadLetterInfo | None) -> None:
+        self.start = start
+        self.end = end
+        self.delivery = delivery
+        self.info = info
+
+
 class SinkWorker:
-    """Feeds one sink: gathers units into batches, writes, retries, settles deliveries."""
+    """Feeds one sink: gathers units into batches, writes, retries, settles deliveries.
+
+    What it cannot write goes to its dead-letter worker when it has one (``dead_letter``), carrying the
+    deliveries with it: the dead-letter worker settles them once it has written the events, so a required
+    sink's unit is acknowledged when its events are durably somewhere. Without one, a required sink's
+    failure fails the units (HTTP 500, no commit) and a best-effort sink's is counted as dropped.
+    """
 
     def __init__(self, sink: Sink, route: str, delivery: DeliverySpec) -> None:
         self.sink = sink
@@ -63,138 +96,233 @@ class SinkWorker:
         self.route = route
         self.required = delivery.required
         self.settings = delivery
+        self.when_full = delivery.when_full
         send, receive = anyio.create_memory_object_stream[Item](delivery.buffer)
         self.send_stream: MemoryObjectSendStream[Item] = send
         self._receive: MemoryObjectReceiveStream[Item] = receive
-        encoder = msgspec.json.Encoder()
-        self._encode = encoder.encode
-        # Straight into the batch's buffer: no bytes object, no growing copy per line.
-        self._encode_into = encoder.encode_into
+        self._encoder = BatchEncoder(sink.encoding)
+        self._dead_letter_encoder = msgspec.json.Encoder()
+        self.dead_letter: SinkWorker | None = None
+        """Set by :meth:`use_dead_letter`."""
+        self._to_dead_letter: MemoryObjectSendStream[Item] | None = None
         self.written = 0
         self.failed = 0
         self.dropped = 0
+        self.dead_lettered = 0
+        """Events sent to the dead-letter sink (failed or overflow)."""
+        self.overflowed = 0
+        """Events that found the buffer full (``when_full`` other than ``block``)."""
+        self._overflow_since_log = 0
+        self._overflow_logged_at = -_OVERFLOW_LOG_INTERVAL
+
+    def use_dead_letter(self, worker: SinkWorker) -> None:
+        """Send what this sink gives up on to ``worker``. Its own handle on ``worker``'s buffer, closed
+        when this worker ends, keeps the dead-letter worker running until every sink feeding it is done."""
+        self.dead_letter = worker
+        self._to_dead_letter = worker.send_stream.clone()
 
     def close(self) -> None:
         """Close both ends of the buffer (idempotent); what is still queued is not written."""
         self.send_stream.close()
         self._receive.close()
+        if self._to_dead_letter is not None:
+            self._to_dead_letter.close()
+
+    def overflow(self, envelopes: list[Envelope]) -> Awaitable[None] | None:
+        """The router found this best-effort sink's buffer full: apply ``when_full`` to one unit's part.
+
+        Returns ``None`` when done at once, else an awaitable (the dead-letter buffer is full too: the
+        input waits there, backpressure rather than loss).
+        """
+        self.overflowed += len(envelopes)
+        self._overflow_since_log += len(envelopes)
+        now = time.monotonic()
+        if now - self._overflow_logged_at >= _OVERFLOW_LOG_INTERVAL:
+            log.warning(
+                "sink buffer full, %s overflow sink=%s events=%d (since the last report)",
+                "sending to dead letters" if self.when_full == "dead_letter" else "dropping",
+                self.name, self._overflow_since_log,
+            )
+            self._overflow_logged_at = now
+            self._overflow_since_log = 0
+        if self.when_full == "drop" or self.dead_letter is None:
+            self.dropped += len(envelopes)
+            return None
+        info = DeadLetterInfo(sink=self.name, reason="overflow", time=utc_now())
+        self.dead_lettered += len(envelopes)
+        try:
+            self.dead_letter.send_stream.send_nowait((envelopes, None, info))
+        except anyio.WouldBlock:
+            return self.dead_letter.send_stream.send((envelopes, None, info))
+        return None
 
     async def run(self) -> None:
         """Write batches until the send side is closed and everything received is written.
 
         A batch is what is waiting when the worker gets to it, topped up for ``linger`` seconds (when
         it is not 0) until ``batch_size`` or ``batch_bytes``. Under load units pile up while the
-        previous batch is written, so batches grow with the load without any waiting.
+        previous batch is written, so batches grow with the load without any waiting. With
+        ``max_in_flight`` above 1, up to that many batches are written at once.
         """
+        try:
+            if self.settings.max_in_flight > 1:
+                limiter = anyio.Semaphore(self.settings.max_in_flight)
+                async with anyio.create_task_group() as writes:
+                    while (taken := await self._next_batch()) is not None:
+                        batch, entries, closed = taken
+                        await limiter.acquire()
+                        writes.start_soon(self._write_releasing, limiter, batch, entries)
+                        if closed:
+                            break
+            else:
+                while (taken := await self._next_batch()) is not None:
+                    batch, entries, closed = taken
+                    await self._write(batch, entries)
+                    if closed:
+                        break
+        finally:
+            self._receive.close()
+            if self._to_dead_letter is not None:
+                # Every batch of this sink is settled: the dead-letter worker may end once its other feeders have.
+                self._to_dead_letter.close()
+
+    async def _write_releasing(self, limiter: anyio.Semaphore, batch: Batch, entries: list[_Entry]) -> None:
+        try:
+            await self._write(batch, entries)
+        finally:
+            limiter.release()
+
+    async def _next_batch(self) -> tuple[Batch, list[_Entry], bool] | None:
+        """The next batch, its entries, and whether the stream ended after it; ``None`` once it has."""
         receive = self._receive
         settings = self.settings
         linger = settings.linger
         batch_size = settings.batch_size
         batch_bytes = settings.batch_bytes
-        add = self._add
-        async with receive:
-            while True:
-                batch = Batch()
-                deliveries: list[Delivery] = []
-                try:
-                    # Only wait (a checkpoint, an event) when nothing is queued: after a write that did
-                    # not yield (a buffered file write), units that arrived meanwhile are taken at once.
-                    item = receive.receive_nowait()
-                except anyio.WouldBlock:
-                    try:
-                        item = await receive.receive()
-                    except anyio.EndOfStream:
-                        return
-                except anyio.EndOfStream:
-                    return
-                add(batch, deliveries, item)
-                closed = False
-                deadline = anyio.current_time() + linger if linger > 0 else 0.0
-                while len(batch.envelopes) < batch_size and batch.nbytes < batch_bytes:
-                    try:
-                        item = receive.receive_nowait()
-                    except anyio.WouldBlock:
-                        if linger <= 0:
-                            break
-                        try:
-                            waited = await _receive_before(receive, deadline)
-                        except anyio.EndOfStream:
-                            closed = True
-                            break
-                        if waited is None:
-                            break
-                        item = waited
-                    except anyio.EndOfStream:
-                        closed = True
-                        break
-                    add(batch, deliveries, item)
-                await self._write(batch, deliveries)
-                if closed:
-                    return
-
-    def _add(self, batch: Batch, deliveries: list[Delivery], item: Item) -> None:
-        envelopes, delivery = item
-        encode_into = self._encode_into
-        data = batch.data
-        ends = batch.ends
-        if len(envelopes) == 1:
-            encode_into(envelopes[0], data, -1)
-            data.append(10)  # "\n"
-            ends.append(len(data))
-        else:
-            # The envelopes of one unit usually share one Source (an HTTP request's, with its headers):
-            # encode it once and splice it in as raw JSON, swapped in only for the (synchronous) encode
-            # of each envelope.
-            encode = self._encode
-            source: Any = None
-            raw: Any = None
-            for envelope in envelopes:
-                if envelope.source is not source:
-                    source = envelope.source
-                    raw = msgspec.Raw(encode(source))
-                envelope.source = raw
-                try:
-                    encode_into(envelope, data, -1)
-                finally:
-                    envelope.source = source
-                data.append(10)
-                ends.append(len(data))
-        batch.envelopes.extend(envelopes)
-        if delivery is not None:
-            deliveries.append(delivery)
-
-    async def _write(self, batch: Batch, deliveries: list[Delivery]) -> None:
-        backoff = self.settings.retry_backoff
-        attempt = 0
-        while True:
+        batch = Batch()
+        entries: list[_Entry] = []
+        try:
+            # Only wait (a checkpoint, an event) when nothing is queued: after a write that did
+            # not yield (a buffered file write), units that arrived meanwhile are taken at once.
+            item = receive.receive_nowait()
+        except anyio.WouldBlock:
             try:
-                await self.sink.write(batch)
+                item = await receive.receive()
+            except anyio.EndOfStream:
+                return None
+        except anyio.EndOfStream:
+            return None
+        self._add(batch, entries, item)
+        closed = False
+        deadline = anyio.current_time() + linger if linger > 0 else 0.0
+        while len(batch.envelopes) < batch_size and batch.nbytes < batch_bytes:
+            try:
+                item = receive.receive_nowait()
+            except anyio.WouldBlock:
+                if linger <= 0:
+                    break
+                try:
+                    waited = await _receive_before(receive, deadline)
+                except anyio.EndOfStream:
+                    closed = True
+                    break
+                if waited is None:
+                    break
+                item = waited
+            except anyio.EndOfStream:
+                closed = True
+                break
+            self._add(batch, entries, item)
+        return batch, entries, closed
+
+    def _add(self, batch: Batch, entries: list[_Entry], item: Item) -> None:
+        envelopes, delivery, info = item
+        start = len(batch.envelopes)
+        if info is None:
+            self._encoder.add(batch, envelopes)
+        else:
+            self._add_dead_letters(batch, envelopes, info)
+        entries.append(_Entry(start, start + len(envelopes), delivery, info))
+
+    def _add_dead_letters(self, batch: Batch, envelopes: list[Envelope], info: DeadLetterInfo) -> None:
+        """Dead letters are written wrapped (:class:`DeadLetter`): the envelope and why it is here."""
+        if self._encoder.encoding == "json_lines":
+            encode_into = self._dead_letter_encoder.encode_into
+            data = batch.data
+            for envelope in envelopes:
+                encode_into(DeadLetter(dead_letter=info, envelope=envelope), data, -1)
+                data.append(10)
+                batch.ends.append(len(data))
+        batch.envelopes.extend(envelopes)
+
+    async def _write(self, batch: Batch, entries: list[_Entry]) -> None:
+        """Write ``batch`` with retries; settle what was written and pass on or fail what was not."""
+        pending = batch
+        where = list(range(len(batch)))  # the index in ``batch`` of each envelope of ``pending``
+        failed: list[int] = []
+        attempt = 0
+        error: BaseException | None = None
+        while True:
+            attempt += 1
+            try:
+                await self.sink.write(pending)
             except Exception as exc:
-                if attempt < self.settings.retries:
-                    attempt += 1
+                error = exc
+                if isinstance(exc, BatchError):
+                    # The others are durable: only the records named go on.
+                    where = [where[i] for i in exc.failed if 0 <= i < len(where)]
+                    if not where:
+                        break
+                if is_retryable(exc) and attempt <= self.settings.retries:
                     log.warning(
                         "sink write failed, retrying sink=%s attempt=%d events=%d error=%r",
-                        self.name, attempt, len(batch), exc,
+                        self.name, attempt, len(where), exc,
                     )
-                    await anyio.sleep(backoff)
-                    backoff = min(backoff * 2, _MAX_BACKOFF)
+                    await anyio.sleep(retry_delay(self.settings, attempt))
+                    if len(where) != len(pending):
+                        pending = batch.select(where)
                     continue
-                if self.required:
-                    self.failed += len(batch)
-                    failure = DeliveryFailed(self.name, exc)
-                    for delivery in deliveries:
-                        delivery.fail(failure)
-                else:
-                    self.dropped += len(batch)
-                log.error(
-                    "sink write failed, giving up on batch sink=%s required=%s events=%d error=%r",
-                    self.name, self.required, len(batch), exc,
-                )
-                return
-            self.written += len(batch)
-            for delivery in deliveries:
-                delivery.settle()
+                failed = where
+            break
+        self.written += len(batch) - len(failed)
+        if not failed:
+            for entry in entries:
+                if entry.delivery is not None:
+                    entry.delivery.settle()
             return
+        await self._give_up(batch, entries, failed, error, attempt)
+
+    async def _give_up(
+        self, batch: Batch, entries: list[_Entry], failed: list[int], error: BaseException | None, attempts: int
+    ) -> None:
+        """Pass the events at ``failed`` to the dead-letter sink, or fail their units; settle the rest."""
+        failed_set = set(failed)
+        dead_letter = self._to_dead_letter
+        info = DeadLetterInfo(sink=self.name, reason="failed", error=repr(error), attempts=attempts, time=utc_now())
+        log.error(
+            "sink write failed, giving up on events sink=%s required=%s events=%d attempts=%d %s error=%r",
+            self.name, self.required, len(failed), attempts,
+            f"dead_letter={self.dead_letter.name}" if self.dead_letter is not None else "dead_letter=none",
+            error,
+        )
+        envelopes = batch.envelopes
+        for entry in entries:
+            part = [envelopes[i] for i in range(entry.start, entry.end) if i in failed_set]
+            if not part:
+                if entry.delivery is not None:
+                    entry.delivery.settle()
+                continue
+            if dead_letter is not None:
+                # The delivery travels with its events: the dead-letter worker settles or fails it.
+                await dead_letter.send((part, entry.delivery, entry.info or info))
+            elif entry.delivery is not None:
+                entry.delivery.fail(DeliveryFailed(self.name, error or RuntimeError("write failed")))
+        if dead_letter is not None:
+            self.dead_lettered += len(failed)
+        elif self.required:
+            self.failed += len(failed)
+        else:
+            self.dropped += len(failed)
 
 
 class _Submit:
@@ -279,9 +407,13 @@ class Pipeline:
             try:
                 # No checkpoint while there is room (anyio's send() yields to the loop first, ~5 us per
                 # request); the caller's next step, waiting on the delivery, yields anyway.
-                worker.send_stream.send_nowait((part, delivery if worker.required else None))
+                worker.send_stream.send_nowait((part, delivery if worker.required else None, None))
             except anyio.WouldBlock:
-                return self._send_rest(copies[index:], delivery)  # a buffer is full: wait (backpressure)
+                if worker.when_full == "block":
+                    return self._send_rest(copies[index:], delivery)  # a buffer is full: wait (backpressure)
+                waiting = worker.overflow(part)  # a best-effort shadow sink must not slow the others
+                if waiting is not None:
+                    return self._send_rest(copies[index + 1 :], delivery, waiting)
         return delivery
 
     async def _submit_from(self, first: int, envelopes: list[Envelope]) -> Delivery:
@@ -291,9 +423,25 @@ class Pipeline:
         routed = self._route(envelopes)
         return routed if isinstance(routed, Delivery) else await routed
 
-    async def _send_rest(self, copies: list[tuple[SinkWorker, list[Envelope]]], delivery: Delivery) -> Delivery:
+    async def _send_rest(
+        self,
+        copies: list[tuple[SinkWorker, list[Envelope]]],
+        delivery: Delivery,
+        waiting: Awaitable[None] | None = None,
+    ) -> Delivery:
+        if waiting is not None:
+            await waiting
         for worker, part in copies:
-            await worker.send_stream.send((part, delivery if worker.required else None))
+            item = (part, delivery if worker.required else None, None)
+            if worker.when_full == "block":
+                await worker.send_stream.send(item)
+                continue
+            try:
+                worker.send_stream.send_nowait(item)
+            except anyio.WouldBlock:
+                overflowing = worker.overflow(part)
+                if overflowing is not None:
+                    await overflowing
         return delivery
 
     def _split(self, envelopes: list[Envelope]) -> list[tuple[SinkWorker, list[Envelope]]]:
@@ -411,6 +559,8 @@ class Pipeline:
                 "written": w.written,
                 "failed": w.failed,
                 "dropped": w.dropped,
+                "dead_lettered": w.dead_lettered,
+                "overflowed": w.overflowed,
                 "buffered": w.send_stream.statistics().current_buffer_used,
             }
             for w in self.workers

@@ -9,6 +9,7 @@ config JSON Schema from the same structs, with every registered connector.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Union
 
@@ -234,6 +235,7 @@ def compile_document(document: Document, catalog: Catalog) -> CompiledSpec:
         if type_name not in configured:
             cls = catalog.load("repository", type_name)
             repositories.append(Component(type_name, cls, cls.Spec(), ("registry", "repositories")))
+    problems.extend(_check_delivery(document, sinks))
     if not frame.inputs:
         problems.append(document.problem(("inputs",), "`inputs` is empty; name at least one input"))
     if not frame.sinks:
@@ -250,6 +252,77 @@ def compile_document(document: Document, catalog: Catalog) -> CompiledSpec:
         repositories=repositories,
         sinks=sinks,
     )
+
+
+def _check_delivery(document: Document, sinks: list[Component]) -> list[Problem]:
+    """Rules between sinks: dead-letter sinks exist, write JSON lines and form no loop; ``when_full``."""
+    problems: list[Problem] = []
+    by_name = {sink.name: sink for sink in sinks}
+    targets = {sink.spec.delivery.dead_letter for sink in sinks}
+    for sink in sinks:
+        if sink.spec.route == "dead_letters" and sink.name not in targets:
+            problems.append(
+                document.problem(
+                    (*sink.path, "route"),
+                    f"sink `{sink.name}` takes only dead letters, but no sink names it: add "
+                    f"`delivery: {{dead_letter: {sink.name}}}` to the sinks it backs up, or choose another route",
+                )
+            )
+        delivery = sink.spec.delivery
+        where = (*sink.path, "delivery")
+        target = delivery.dead_letter
+        if target is not None:
+            if target == sink.name:
+                problems.append(
+                    document.problem(
+                        (*where, "dead_letter"), f"sink `{sink.name}` cannot be its own dead-letter sink; name another"
+                    )
+                )
+            elif target not in by_name:
+                close = difflib.get_close_matches(target, list(by_name), n=1)
+                hint = f"; did you mean `{close[0]}`?" if close else f" (sinks: {', '.join(sorted(by_name))})"
+                problems.append(document.problem((*where, "dead_letter"), f"no sink named `{target}`{hint}"))
+            elif getattr(by_name[target].cls, "encoding", "json_lines") != "json_lines":
+                problems.append(
+                    document.problem(
+                        (*where, "dead_letter"),
+                        f"sink `{target}` ({spec_type(by_name[target].spec)}) stores rows, not the dead-letter "
+                        "records (the envelope with the failing sink, error, attempts and time); name a sink that "
+                        "writes JSON lines, such as a `file` or `kafka` sink",
+                    )
+                )
+            else:
+                seen = [sink.name]
+                current: str | None = target
+                while current is not None and current in by_name and current not in seen:
+                    seen.append(current)
+                    current = by_name[current].spec.delivery.dead_letter
+                if current == sink.name:
+                    chain = " -> ".join([*seen, sink.name])
+                    problems.append(
+                        document.problem(
+                            (*where, "dead_letter"),
+                            f"dead letters would loop ({chain}); the last sink of a dead-letter chain must have none",
+                        )
+                    )
+        if delivery.when_full != "block":
+            if delivery.required:
+                problems.append(
+                    document.problem(
+                        (*where, "when_full"),
+                        "a required sink can only block when full (it must hold every event it acknowledges); write "
+                        f"`required: false` to make `{sink.name}` a best-effort shadow sink, or `when_full: block`",
+                    )
+                )
+            elif delivery.when_full == "dead_letter" and target is None:
+                problems.append(
+                    document.problem(
+                        (*where, "when_full"),
+                        "`when_full: dead_letter` needs `dead_letter: <sink name>` next to it "
+                        "(or `when_full: drop` to discard the overflow)",
+                    )
+                )
+    return problems
 
 
 def pipeline_schema(catalog: Catalog) -> dict[str, Any]:

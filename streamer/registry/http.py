@@ -108,6 +108,8 @@ class HttpRepositorySpec(RepositorySpec, tag="http", kw_only=True):
 class HttpRepository(Repository):
     Spec = HttpRepositorySpec
     spec: HttpRepositorySpec
+    requires = ("httpx",)
+    extra = "registry-http"
 
     def __init__(self, name: str, spec: HttpRepositorySpec, context: Any) -> None:
         super().__init__(name, spec, context)
@@ -131,12 +133,8 @@ class HttpRepository(Repository):
 
     def _ensure_client(self) -> Any:
         if self._client is None:
-            try:
-                import httpx
-            except ImportError as exc:
-                raise RepositoryUnavailable(
-                    "the http registry needs httpx: pip install 'streamer[registry-http]'"
-                ) from exc
+            import httpx  # present: check_pipeline refuses the pipeline otherwise (requires)
+
             self._client = httpx.AsyncClient(
                 headers=self._headers,
                 timeout=httpx.Timeout(self.spec.timeout),

@@ -85,6 +85,8 @@ class PostgresRepository(Repository):
     Spec = PostgresRepositorySpec
     spec: PostgresRepositorySpec
     backends = ASYNCIO_ONLY
+    requires = ("asyncpg",)
+    extra = "postgres"
     backend_reason = "uses asyncpg"
 
     def __init__(self, name: str, spec: PostgresRepositorySpec, context: Any) -> None:

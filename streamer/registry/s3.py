@@ -84,6 +84,8 @@ class S3Repository(Repository):
     Spec = S3RepositorySpec
     spec: S3RepositorySpec
     backends = ASYNCIO_ONLY
+    requires = ("aiobotocore",)
+    extra = "aws"
     backend_reason = "uses aiobotocore"
 
     def __init__(self, name: str, spec: S3RepositorySpec, context: Any) -> None:

@@ -31,6 +31,7 @@ import anyio
 import msgspec
 
 from streamer.core.components import Batch, Context, Sink, SinkSpec
+from streamer.core.errors import RetryableError
 
 __all__ = ["FileSink", "FileSinkSpec", "RotateSpec"]
 
@@ -79,10 +80,14 @@ class FileSink(Sink):
 
     async def write(self, batch: Batch) -> None:
         data = batch.data
-        if self.spec.fsync == "batch" or self.spec.rotate is not None:
-            await anyio.to_thread.run_sync(self._write, data)
-        else:
-            self._write(data)  # a buffered write is cheaper than a thread hop
+        try:
+            if self.spec.fsync == "batch" or self.spec.rotate is not None:
+                await anyio.to_thread.run_sync(self._write, data)
+            else:
+                self._write(data)  # a buffered write is cheaper than a thread hop
+        except OSError as exc:
+            # A full disk, a lost mount, a permission an operator can fix: worth retrying, then dead letters.
+            raise RetryableError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
 
     def _write(self, data: bytes | bytearray) -> None:
         if self._file is None:
