@@ -13,7 +13,7 @@ import pytest
 from streamer.core.components import DeliverySpec
 from streamer.core.config import ConfigError
 from streamer.core.runtime import retry_delay
-from tests.support import compile_text, http_port, read_jsonl, running, sink
+from tests.support import compile_text, http_port, read_jsonl, run_to_end, running, sink
 
 pytestmark = pytest.mark.anyio
 
@@ -318,3 +318,33 @@ def test_lint_refuses_bad_dead_letter_settings(sinks: str, message: str) -> None
     with pytest.raises(ConfigError) as raised:
         compile_text(pipeline(sinks), {"SCHEMAS": "schemas"})
     assert [str(p) for p in raised.value.problems] == message.split("\n")
+
+
+# --- replay ---------------------------------------------------------------------------------------
+
+
+async def test_dead_letters_replay_through_the_file_input_as_the_original_envelopes(tmp_path: Path) -> None:
+    sinks = """
+  store: {type: flaky, delivery: {retries: 0, dead_letter: dlq}}
+  dlq: {type: file, path: dead.jsonl, route: dead_letters}
+"""
+    async with running(pipeline(sinks), tmp_path) as p:
+        sink(p, "store").down = True
+        assert (await post(http_port(p), [event(1), {"schema": SCHEMA, "data": {"title": 5}}])).status_code == 200
+    letters = read_jsonl(tmp_path / "dead.jsonl")
+    assert len(letters) == 1  # the invalid event never reached `store` (route: valid)
+    replay = """
+inputs:
+  backfill: {type: file, path: dead.jsonl}
+registry:
+  repositories: [{type: file, path: "${SCHEMAS}"}]
+sinks:
+  store: {type: file, path: replayed.jsonl}
+"""
+    await run_to_end(replay, tmp_path)
+    (replayed,) = read_jsonl(tmp_path / "replayed.jsonl")
+    original = letters[0]["envelope"]
+    assert "dead_letter" not in replayed
+    for field in ("id", "collector_tstamp", "payload", "schema", "protocol", "source"):
+        assert replayed[field] == original[field], field
+    assert replayed["valid"] is True

@@ -1,8 +1,9 @@
 """Decode raw input lines (file, stdin, Kafka values) into envelopes.
 
-A line may be self-describing JSON (``{"schema": ..., "data": ...}``) or an
-envelope a sink wrote earlier (replay: it keeps its id and times and is
-validated again). Anything else stays in the pipeline as an invalid envelope
+A line may be self-describing JSON (``{"schema": ..., "data": ...}``), an
+envelope a sink wrote earlier, or a dead letter (``{"dead_letter": ..., "envelope":
+...}``, read as the envelope it wraps). A replayed envelope keeps its id and times
+and is validated again. Anything else stays in the pipeline as an invalid envelope
 whose payload is the text of the line, so nothing vanishes. Envelopes already
 decoded by their input (HTTP protocols) pass through untouched.
 """
@@ -25,6 +26,7 @@ class DecodeSpec(ProcessorSpec, tag="decode", kw_only=True):
 
 _decode = msgspec.json.Decoder().decode
 _ENVELOPE_KEYS = frozenset({"id", "collector_tstamp", "source", "protocol"})
+_DEAD_LETTER_KEYS = frozenset({"dead_letter", "envelope"})
 
 
 class Decode(Processor):
@@ -48,6 +50,8 @@ def decode_line(envelope: Envelope) -> Envelope:
         envelope.payload = raw.decode("utf-8", "replace")
         envelope.fail(ErrorDetail(keyword="decode", message=f"not valid JSON: {exc}"))
         return envelope
+    if isinstance(document, dict) and document.keys() == _DEAD_LETTER_KEYS and isinstance(document["envelope"], dict):
+        document = document["envelope"]  # a dead letter is replayed as the envelope it wraps, not wrapped again
     if isinstance(document, dict) and document.keys() >= _ENVELOPE_KEYS:
         try:
             replayed = msgspec.convert(document, Envelope)
