@@ -21,6 +21,7 @@ from anyio.abc import TaskStatus
 from streamer.core.envelope import Envelope
 
 if TYPE_CHECKING:
+    from streamer.core.checkpoint import Ticket
     from streamer.core.delivery import Delivery
     from streamer.core.registry import SchemaResolver
 
@@ -55,11 +56,17 @@ class Submit(Protocol):
     when every processor finished at once and every buffer had room, else an awaitable that finishes
     the job from the step that could not (await it to get the delivery). Inputs that answer from
     callbacks rather than tasks use it.
+
+    A change input passes the unit's ``ticket`` from its :class:`~streamer.core.checkpoint.Checkpointer`:
+    the unit carries its position, and the ticket is settled with the delivery (resolved when every
+    required copy is written, failed otherwise) before anyone waiting on the delivery wakes.
     """
 
-    def __call__(self, envelopes: list[Envelope], /) -> Awaitable[Delivery]: ...
+    def __call__(self, envelopes: list[Envelope], /, ticket: Ticket[Any] | None = None) -> Awaitable[Delivery]: ...
 
-    def nowait(self, envelopes: list[Envelope], /) -> Delivery | Awaitable[Delivery]: ...
+    def nowait(
+        self, envelopes: list[Envelope], /, ticket: Ticket[Any] | None = None
+    ) -> Delivery | Awaitable[Delivery]: ...
 
 
 class Spec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type"):

@@ -13,9 +13,13 @@ Cost is O(1) per unit, never per event.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
+
+if TYPE_CHECKING:
+    from streamer.core.checkpoint import Ticket
 
 __all__ = ["Delivery", "DeliveryFailed", "LoopEvent"]
 
@@ -70,10 +74,14 @@ class Delivery:
     backend's event class on trio, which skip anyio's backend lookup (~3 us per unit).
     """
 
-    __slots__ = ("_callback", "_event", "_new_event", "done", "failure", "pending")
+    __slots__ = ("_callback", "_event", "_new_event", "done", "failure", "pending", "ticket")
 
-    def __init__(self, new_event: Callable[[], anyio.Event | LoopEvent] = anyio.Event) -> None:
+    def __init__(
+        self, new_event: Callable[[], anyio.Event | LoopEvent] = anyio.Event, ticket: Ticket[Any] | None = None
+    ) -> None:
         self.pending = 0
+        self.ticket = ticket
+        """The unit's place in its input's ordered checkpoint (change inputs), settled with the unit."""
         self.failure: DeliveryFailed | None = None
         self.done = False
         """Every required copy is written, or one failed."""
@@ -113,6 +121,8 @@ class Delivery:
 
     def _finish(self) -> None:
         self.done = True
+        if self.ticket is not None:
+            self.ticket.settle(self)  # before waking anyone: a woken input sees the checkpoint moved
         if self._event is not None:
             self._event.set()
         callback = self._callback

@@ -21,7 +21,7 @@ import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -33,6 +33,9 @@ from streamer.core.delivery import Delivery, DeliveryFailed, LoopEvent
 from streamer.core.envelope import DeadLetter, DeadLetterInfo, Envelope, utc_now
 from streamer.core.errors import BatchError, is_retryable
 from streamer.core.registry import SchemaResolver
+
+if TYPE_CHECKING:
+    from streamer.core.checkpoint import Ticket
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TIMEOUT", "Pipeline", "SinkWorker", "retry_delay"]
 
@@ -334,8 +337,8 @@ class _Submit:
         self.nowait = pipeline.submit_nowait
         self._submit = pipeline.submit
 
-    def __call__(self, envelopes: list[Envelope]) -> Awaitable[Delivery]:
-        return self._submit(envelopes)
+    def __call__(self, envelopes: list[Envelope], ticket: Ticket[Any] | None = None) -> Awaitable[Delivery]:
+        return self._submit(envelopes, ticket)
 
 
 class Pipeline:
@@ -372,23 +375,25 @@ class Pipeline:
         # on every call (~3 us per unit).
         self._new_event: Callable[[], anyio.Event | LoopEvent] = anyio.Event
 
-    async def submit(self, envelopes: list[Envelope]) -> Delivery:
+    async def submit(self, envelopes: list[Envelope], ticket: Ticket[Any] | None = None) -> Delivery:
         """Process one input unit inline and hand it to the sinks; waits while sink buffers are full."""
-        result = self.submit_nowait(envelopes)
+        result = self.submit_nowait(envelopes, ticket)
         return result if isinstance(result, Delivery) else await result
 
-    def submit_nowait(self, envelopes: list[Envelope]) -> Delivery | Awaitable[Delivery]:
+    def submit_nowait(
+        self, envelopes: list[Envelope], ticket: Ticket[Any] | None = None
+    ) -> Delivery | Awaitable[Delivery]:
         """:meth:`submit` without waiting: the delivery, or an awaitable finishing the job (see ``Submit``)."""
         for index, processor in enumerate(self.processors):
             processed = processor.process_nowait(envelopes)
             if processed is None:
-                return self._submit_from(index, envelopes)
+                return self._submit_from(index, envelopes, ticket)
             envelopes = processed
-        return self._route(envelopes)
+        return self._route(envelopes, ticket)
 
-    def _route(self, envelopes: list[Envelope]) -> Delivery | Awaitable[Delivery]:
+    def _route(self, envelopes: list[Envelope], ticket: Ticket[Any] | None = None) -> Delivery | Awaitable[Delivery]:
         """Hand processed envelopes to the sinks' buffers: the delivery, or an awaitable while one is full."""
-        delivery = Delivery(self._new_event)
+        delivery = Delivery(self._new_event, ticket)
         if not envelopes:
             delivery.owe(0)
             return delivery
@@ -416,11 +421,11 @@ class Pipeline:
                     return self._send_rest(copies[index + 1 :], delivery, waiting)
         return delivery
 
-    async def _submit_from(self, first: int, envelopes: list[Envelope]) -> Delivery:
+    async def _submit_from(self, first: int, envelopes: list[Envelope], ticket: Ticket[Any] | None) -> Delivery:
         """The rest of :meth:`submit_nowait` once processor ``first`` has to wait."""
         for processor in self.processors[first:]:
             envelopes = await processor.process(envelopes)
-        routed = self._route(envelopes)
+        routed = self._route(envelopes, ticket)
         return routed if isinstance(routed, Delivery) else await routed
 
     async def _send_rest(

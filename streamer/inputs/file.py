@@ -4,6 +4,7 @@ Lines are submitted in chunks of up to 64 KiB (one acknowledgement unit each); t
 keeps at most ``max_in_flight`` chunks unacknowledged, and returns once every
 chunk is written, so ``streamer run`` on a file-only pipeline exits when the
 file is done. A chunk a required sink fails to write stops the run with an error.
+When it stops early (a drain), the log gives the byte offset before which every line is written.
 
 Example::
 
@@ -15,7 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import collections
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +25,8 @@ import anyio
 import msgspec
 from anyio.abc import TaskStatus
 
+from streamer.core.checkpoint import Checkpointer
 from streamer.core.components import Context, Input, InputSpec, Submit
-from streamer.core.delivery import Delivery
 from streamer.core.envelope import Envelope, Source, new_event_id, utc_now
 
 __all__ = ["FileInput", "FileInputSpec", "LineInput"]
@@ -71,7 +71,8 @@ class LineInput(Input):
         stream, close = self.open_stream()
         task_status.started()
         reader = _LineReader(stream)
-        pending: collections.deque[Delivery] = collections.deque()
+        # A chunk's position is the byte offset just after its last line: where a replay would resume.
+        checkpoint = Checkpointer[int](self.spec.max_in_flight, committed=0)
         source = Source(input=self.name)
         total = 0
         try:
@@ -85,14 +86,14 @@ class LineInput(Input):
                     for line in lines
                 ]
                 total += len(envelopes)
-                pending.append(await submit(envelopes))
-                while pending and (pending[0].done or len(pending) >= self.spec.max_in_flight):
-                    await pending.popleft().wait()
-            while pending:
-                await pending.popleft().wait()
+                # Waits while max_in_flight chunks are unacknowledged, so reading pauses (backpressure);
+                # raises the DeliveryFailed of a chunk a required sink failed to write, stopping the run.
+                ticket = await checkpoint.track(reader.offset)
+                await submit(envelopes, ticket)
+            await checkpoint.wait_settled()
         finally:
             close()
-        log.info("input finished input=%s lines=%d", self.name, total)
+        log.info("input finished input=%s lines=%d offset=%d", self.name, total, checkpoint.highest)
 
 
 class _LineReader:
@@ -105,12 +106,19 @@ class _LineReader:
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
         self._rest = b""
+        self._consumed = 0
+
+    @property
+    def offset(self) -> int:
+        """Bytes read from the stream up to the end of the last line returned (its newline included)."""
+        return self._consumed - len(self._rest)
 
     def read(self) -> list[bytes]:
         """Complete lines from the next chunk; ``[]`` at end of stream."""
         read1 = getattr(self._stream, "read1", self._stream.read)
         while True:
             data = read1(65536)
+            self._consumed += len(data)
             if not data:
                 rest, self._rest = self._rest.strip(), b""
                 return [rest] if rest else []
