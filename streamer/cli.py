@@ -111,8 +111,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _describe(exc: BaseException) -> str:
+    from streamer.core.errors import StartupError
+
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(_describe(e) for e in exc.exceptions)
+    if isinstance(exc, StartupError):
+        return str(exc)  # written for the operator: the exception's class adds nothing
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -14,6 +14,7 @@ TEST_CONNECTORS = {
         "asyncio_only": "tests.connectors:AsyncioOnlySink",
         "flaky": "tests.flaky_sink:FlakySink",
         "rows": "tests.flaky_sink:RowsSink",
+        "needs_missing": "tests.connectors:NeedsMissingSink",
     }
 }
 
@@ -62,3 +63,12 @@ class AsyncioOnlySink(ControlledSink):
     Spec = AsyncioOnlySpec
     backends = ASYNCIO_ONLY
     backend_reason = "uses an asyncio-only client"
+
+
+class NeedsMissingSpec(SinkSpec, tag="needs_missing", kw_only=True):
+    """Stands for a sink whose client library is not installed."""
+
+
+class NeedsMissingSink(ControlledSink):
+    Spec = NeedsMissingSpec
+    requires = ("no_such_module_xyz",)

@@ -90,10 +90,14 @@ async def test_file_sink_rotates_by_size_and_fsyncs(tmp_path: Path) -> None:
     async with running(http_pipeline(", fsync: batch, rotate: {max_bytes: 1500}"), tmp_path) as pipeline:
         await post_events(http_port(pipeline), 10)
     rotated = sorted(tmp_path.glob("valid-*.jsonl"))
-    assert len(rotated) >= 2
-    assert all(path.stat().st_size >= 1500 for path in rotated)
-    total = sum(len(read_jsonl(path)) for path in [*rotated, tmp_path / "valid.jsonl"])
-    assert total == 10
+    current = tmp_path / "valid.jsonl"
+    # One event per write, each line of the same length: a file is rotated after the write that
+    # brings it to 1500 bytes, so each rotated file holds ceil(1500 / line) events.
+    [length] = {len(line) for path in [*rotated, current] for line in path.read_bytes().splitlines(keepends=True)}
+    per_file = -(-1500 // length)
+    assert [len(read_jsonl(path)) for path in rotated] == [per_file] * (10 // per_file)
+    assert [path.stat().st_size for path in rotated] == [per_file * length] * (10 // per_file)
+    assert len(read_jsonl(current)) == 10 % per_file
 
 
 async def test_file_sink_rotates_by_age(tmp_path: Path) -> None:
@@ -127,7 +131,44 @@ async def test_a_sink_that_cannot_open_fails_the_start_cleanly(tmp_path: Path) -
     (tmp_path / "blocker").write_text("a file where a directory should be")
     spec = replay_pipeline("{type: stdin}").replace("path: valid.jsonl", "path: blocker/valid.jsonl")
     pipeline = build_pipeline(compile_text(spec, {"SCHEMAS": "schemas"}), anyio_backend_name(), base_dir=tmp_path)
-    with pytest.raises(OSError):
+    with pytest.raises(FileExistsError, match=r"\[Errno 17\] File exists: '.*/blocker'"):
         await pipeline.run()
     del pipeline
     gc.collect()  # an unclosed buffer would raise a ResourceWarning here (warnings are errors)
+
+
+def leaves(group: BaseException) -> list[BaseException]:
+    """The exceptions inside nested exception groups."""
+    if isinstance(group, BaseExceptionGroup):
+        return [leaf for inner in group.exceptions for leaf in leaves(inner)]
+    return [group]
+
+
+async def test_a_file_input_stops_when_a_required_sink_fails(tmp_path: Path) -> None:
+    """Documented: a chunk a required sink fails to write stops the run with an error, and no more is read."""
+    from streamer.core.delivery import DeliveryFailed
+    from streamer.core.graph import build_pipeline
+    from tests.support import SCHEMAS, anyio_backend_name, compile_text, sink
+
+    line = json.dumps({**GOOD, "data": {"url": "https://example.com/"}}).encode()
+    line += b" " * (255 - len(line)) + b"\n"  # 256 bytes: a 64 KiB chunk holds 256 lines
+    (tmp_path / "in.jsonl").write_bytes(line * 1024)  # 4 chunks
+    spec = """
+inputs:
+  replay: {type: file, path: in.jsonl, max_in_flight: 1}
+registry:
+  repositories: [{type: file, path: "${SCHEMAS}"}]
+sinks:
+  primary: {type: controlled, route: all, delivery: {retries: 0}}
+"""
+    pipeline = build_pipeline(compile_text(spec, {"SCHEMAS": str(SCHEMAS)}), anyio_backend_name(), base_dir=tmp_path)
+    primary = sink(pipeline, "primary")
+    primary.fail_with = OSError("disk on fire")
+    with anyio.fail_after(10), pytest.raises(BaseExceptionGroup) as raised:
+        await pipeline.run()
+    [error] = leaves(raised.value)
+    assert isinstance(error, DeliveryFailed)
+    assert str(error) == "sink 'primary' failed to write: disk on fire"
+    assert primary.attempts == 1  # the first chunk; the run stopped instead of reading on
+    assert pipeline.statistics()["primary"]["failed"] == 256
+    assert primary.lines == []

@@ -28,10 +28,16 @@ async def test_valid_and_invalid_events_land_in_their_files(tmp_path: Path) -> N
                                               "data": {"url": "https://example.com/"}})
             bad = await client.post(url, json={"schema": "iglu:com.example/page_view/jsonschema/1-0-0",
                                                "data": {"title": 1}})
-        assert ok.status_code == 200, ok.text
-        assert bad.status_code == 200, bad.text
+        assert (ok.status_code, ok.json()) == (200, {"received": 1, "invalid": 0})
+        assert (bad.status_code, bad.json()) == (200, {"received": 1, "invalid": 1})
     valid = read_jsonl(tmp_path / "valid.jsonl")
     invalid = read_jsonl(tmp_path / "invalid.jsonl")
     assert [e["payload"] for e in valid] == [{"url": "https://example.com/"}]
+    assert [(e["valid"], e["errors"]) for e in valid] == [(True, None)]
+    assert [e["payload"] for e in invalid] == [{"title": 1}]
     assert invalid[0]["valid"] is False
-    assert {e["keyword"] for e in invalid[0]["errors"]} == {"type", "required"}
+    schema = "iglu:com.example/page_view/jsonschema/1-0-0"
+    assert sorted(invalid[0]["errors"], key=lambda e: e["keyword"]) == [
+        {"path": "$", "keyword": "required", "message": '"url" is a required property', "schema": schema},
+        {"path": "$.title", "keyword": "type", "message": '1 is not of type "string"', "schema": schema},
+    ]

@@ -21,7 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["BatchError", "FatalError", "RetryableError", "SinkError", "is_retryable"]
+__all__ = ["BatchError", "FatalError", "RetryableError", "SinkError", "StartupError", "is_retryable"]
+
+
+class StartupError(Exception):
+    """A connector cannot start, for a reason its message explains (which one, why, what to do).
+
+    ``streamer run`` logs the message alone and exits 1: a traceback would say nothing more.
+    """
 
 
 class SinkError(Exception):

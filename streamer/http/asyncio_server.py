@@ -27,7 +27,8 @@ from anyio.abc import SocketAttribute, TaskGroup, TaskStatus
 
 from streamer.http.accept import ACCEPT_RETRY_DELAY, accept_waiting
 from streamer.http.messages import Request, Response, error_response
-from streamer.http.wire import BadRequest, Limits, RequestParser, encode_response
+from streamer.http.server import listen
+from streamer.http.wire import CONTINUE, BadRequest, Limits, RequestParser, encode_response
 
 __all__ = ["AsyncioHttpServer", "NowaitApp", "Reply"]
 
@@ -83,7 +84,7 @@ class AsyncioHttpServer:
         # anyio binds every address the host resolves to on one port (port 0: the one the first got),
         # as the anyio-streams server does; this server accepts on copies of those sockets itself
         # (streamer.http.accept says why not through loop.create_server).
-        listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        listener = await listen(self.host, self.port)
         try:
             self._listening = [one.extra(SocketAttribute.raw_socket).dup() for one in listener.listeners]
             self.bound_port = int(listener.extra(SocketAttribute.local_port))
@@ -315,6 +316,8 @@ class _HttpProtocol(asyncio.Protocol):
             self.paused_reading = False
             self.transport.resume_reading()
         if state.started:
+            if state.continue_due():
+                self.transport.write(CONTINUE)
             # A request's head must come within header_timeout of its start, then its body within
             # body_timeout of its first byte: a client trickling bytes does not push its deadline back.
             if self.phase != _READING:

@@ -18,6 +18,7 @@ progress has been answered.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import socket
@@ -28,16 +29,43 @@ from typing import Any
 import anyio
 import httptools
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
+from anyio.streams.stapled import MultiListener
 
+from streamer.core.errors import StartupError
 from streamer.http.accept import ACCEPT_RETRY_DELAY, accept_waiting
 from streamer.http.messages import Request, Response, error_response
-from streamer.http.wire import BadRequest, Limits, RequestParser, encode_response
+from streamer.http.wire import CONTINUE, BadRequest, Limits, RequestParser, encode_response
 
-__all__ = ["App", "HttpServer"]
+__all__ = ["App", "HttpServer", "ListenError", "listen"]
 
 log = logging.getLogger("streamer.http")
 
 App = Callable[[Request], Awaitable[Response]]
+
+
+class ListenError(StartupError):
+    """A server cannot listen on its address; ``errno`` says why (``EADDRINUSE``: the port is taken)."""
+
+    def __init__(self, message: str, errno: int | None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+_LISTEN_FAILURES = {
+    errno.EADDRINUSE: "the port is already in use",
+    errno.EADDRNOTAVAIL: "the address is not one of this machine's",
+    errno.EACCES: "permission denied (ports below 1024 need privileges)",
+}
+
+
+async def listen(host: str, port: int) -> MultiListener[SocketStream]:
+    """anyio's TCP listener on ``host:port``; raises :class:`ListenError` saying why it cannot be had."""
+    try:
+        return await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as exc:
+        why = _LISTEN_FAILURES.get(exc.errno or 0) or exc.strerror or str(exc)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ListenError(f"cannot listen on {address}: {why}", exc.errno) from None
 
 
 class _Connection:
@@ -96,7 +124,7 @@ class HttpServer:
         self.bound_port: int | None = None
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        listener = await listen(self.host, self.port)
         self.bound_port = int(listener.extra(SocketAttribute.local_port))
         log.info("http listening host=%s port=%d", self.host, self.bound_port)
         task_status.started(self.bound_port)
@@ -210,7 +238,6 @@ class HttpServer:
         while True:
             if state.done:
                 request, keep_alive = state.done.pop(0)
-                keep_alive = keep_alive and not stopping.is_set()
                 connection.phase = _HANDLING
                 connection.request = request
                 connection.deadline = monotonic() + limits.handler_timeout
@@ -225,6 +252,9 @@ class HttpServer:
                 connection.request = None
                 # A client that stops reading would otherwise hold this task and its socket forever.
                 connection.deadline = monotonic() + limits.body_timeout
+                # Decided when answering, as the asyncio server does: a request answered during a drain
+                # tells its client not to reuse the connection, which is closed after it.
+                keep_alive = keep_alive and not stopping.is_set()
                 await stream.send(encode_response(response, keep_alive))
                 if not keep_alive:
                     return
@@ -233,6 +263,8 @@ class HttpServer:
                 await _send_quietly(stream, refusal)
                 return
             if state.started:
+                if state.continue_due():
+                    await stream.send(CONTINUE)
                 # A request's head must come within header_timeout of its start, then its body within
                 # body_timeout of its first byte: a client trickling bytes does not push its deadline back.
                 if connection.phase != _READING:

@@ -17,7 +17,7 @@ import httptools
 
 from streamer.http.messages import Request, Response, error_response
 
-__all__ = ["BadRequest", "Limits", "RequestParser", "encode_response", "timeout_response"]
+__all__ = ["CONTINUE", "BadRequest", "Limits", "RequestParser", "encode_response", "timeout_response"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class RequestParser:
         "body",
         "body_size",
         "client",
+        "continued",
         "done",
         "header_bytes",
         "headers",
@@ -82,6 +83,8 @@ class RequestParser:
         self.body_size = 0
         self.started = False
         """A request has begun (its URL is arriving); ``body_size`` tells whether its body has."""
+        self.continued = False
+        """The request in progress has had its ``100 Continue`` (or needs none): see :meth:`continue_due`."""
 
     # Only the callbacks needed: httptools calls each one defined, at ~1 us a call. The request has
     # begun when its URL arrives (no on_message_begin); the declared length is checked as its header
@@ -122,7 +125,12 @@ class RequestParser:
         if url[:1] == b"/" and b"?" not in url and b"#" not in url:
             path, query = url.decode("latin-1"), ""  # a plain path: what parse_url would return
         else:
-            parsed = httptools.parse_url(url)
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                # The request line parsed, its target does not (a host of "127.0.0.1*"): the client's fault.
+                shown = url[:200].decode("latin-1")
+                raise BadRequest(error_response(400, "bad_url", f"the request target {shown!r} is not a URL")) from None
             path = parsed.path.decode("latin-1")
             query = parsed.query.decode("latin-1") if parsed.query else ""
         body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
@@ -140,6 +148,25 @@ class RequestParser:
         self.body = []
         self.body_size = 0
         self.started = False
+        self.continued = False
+
+    def continue_due(self) -> bool:
+        """Whether the request being read waits for ``100 Continue`` before it sends its body (once).
+
+        Servers ask before reading more of a request that has begun, once every request before it
+        is answered (a 100 for a pipelined request would read as one for the request in hand): a
+        client sending ``Expect: 100-continue`` (curl for large bodies, .NET, some SDKs) otherwise
+        waits a second or so before sending the body. A request refused from its head (413 by
+        Content-Length) never gets here: its refusal comes first.
+        """
+        if self.continued or not self.started or self.body_size or "expect" not in self.headers:
+            return False
+        self.continued = True
+        return self.headers["expect"].strip().lower() == "100-continue"
+
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+"""The interim response to ``Expect: 100-continue``."""
 
 
 def _too_large(limits: Limits) -> Response:

@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 from collections.abc import Awaitable
@@ -40,7 +41,7 @@ from streamer.http.cors import Cors, CorsSpec
 from streamer.http.messages import Request, Response, error_response, json_response
 from streamer.http.ratelimit import RateLimiter, RateLimitSpec
 from streamer.http.routes import Accepted, Handler, Ingest, Route
-from streamer.http.server import HttpServer
+from streamer.http.server import HttpServer, ListenError
 from streamer.http.wire import Limits
 
 __all__ = ["HttpInput", "HttpInputSpec"]
@@ -181,9 +182,23 @@ class HttpInput(Input, Ingest):
             self.server = HttpServer(
                 self.answer, spec.host, spec.port, limits, self.context.stopping, on_timeout=self._timed_out
             )
-        async with anyio.create_task_group() as tg:
-            await tg.start(self.server.serve)
-            task_status.started()
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.server.serve)
+                task_status.started()
+        except* ListenError as group:
+            raise self._cannot_listen(group.exceptions[0]) from None
+
+    def _cannot_listen(self, exc: BaseException) -> ListenError:
+        """The server's refusal with the input's name and how to choose another port."""
+        assert isinstance(exc, ListenError)
+        message = f"input {self.name}: {exc}"
+        if exc.errno == errno.EADDRINUSE:
+            message += (
+                "; choose another with port: (the example pipelines read STREAMER_PORT, "
+                "e.g. STREAMER_PORT=8081 streamer run pipelines/quickstart.yml)"
+            )
+        return ListenError(message, exc.errno)
 
     def _route(self, request: Request) -> Response | Accepted | Awaitable[Response]:
         """What the request gets before any delivery: a refusal, a preflight, or its handler's outcome."""

@@ -3,8 +3,10 @@
 A line may be self-describing JSON (``{"schema": ..., "data": ...}``), an
 envelope a sink wrote earlier, or a dead letter (``{"dead_letter": ..., "envelope":
 ...}``, read as the envelope it wraps). A replayed envelope keeps its id and times
-and is validated again. Anything else stays in the pipeline as an invalid envelope
-whose payload is the text of the line, so nothing vanishes. Envelopes already
+and is validated again. Anything else (a line that is not JSON, or nests arrays and
+objects more than 132 levels deep: the limit of ``streamer.core.nesting`` plus what an envelope
+adds) stays in the pipeline as an invalid envelope whose payload is the text of the line, so
+nothing vanishes. Envelopes already
 decoded by their input (HTTP protocols) pass through untouched.
 """
 
@@ -16,6 +18,7 @@ import msgspec
 
 from streamer.core.components import Processor, ProcessorSpec
 from streamer.core.envelope import Envelope, ErrorDetail, fill_self_describing
+from streamer.core.nesting import ENVELOPE_WRAPPING, MAX_JSON_DEPTH, depth_limited
 
 __all__ = ["Decode", "DecodeSpec"]
 
@@ -24,7 +27,9 @@ class DecodeSpec(ProcessorSpec, tag="decode", kw_only=True):
     """Parse raw JSON lines into envelopes."""
 
 
-_decode = msgspec.json.Decoder().decode
+# A line may be an envelope or dead letter streamer wrote, which holds a received value a few levels
+# deeper than it came: such lines are allowed that much more, so that everything written can be replayed.
+_decode = depth_limited(msgspec.json.Decoder().decode, MAX_JSON_DEPTH + ENVELOPE_WRAPPING)
 _ENVELOPE_KEYS = frozenset({"id", "collector_tstamp", "source", "protocol"})
 _DEAD_LETTER_KEYS = frozenset({"dead_letter", "envelope"})
 

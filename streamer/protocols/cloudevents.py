@@ -34,7 +34,8 @@ such events go to the invalid route saying why.
 
 A request that is not a CloudEvent (a required attribute missing or empty, a
 ``specversion`` other than 1.0, an attribute of the wrong type, a ``time`` that
-is not RFC 3339, a body that is not JSON where JSON is required) gets 400 naming
+is not RFC 3339, a body that is not JSON where JSON is required, or JSON nesting more than 128
+levels deep) gets 400 naming
 the problem (415 for an event format other than JSON), and nothing of it is written. Otherwise the answer is
 ``200 {"received": n, "invalid": k}`` once every required sink holds the events.
 """
@@ -49,6 +50,7 @@ from urllib.parse import unquote
 import msgspec
 
 from streamer.core.envelope import Envelope, ErrorDetail, Source, new_event_id, set_schema, utc_now
+from streamer.core.nesting import TooDeep, depth_limited
 from streamer.http.messages import Request, Response, error_response
 from streamer.http.routes import Accepted, Handler, Ingest, Route, RouteSpec, received
 from streamer.registry.builtin import CLOUDEVENT_SCHEMA
@@ -61,7 +63,7 @@ REQUIRED = ("id", "source", "specversion", "type")
 _STRING_OPTIONAL = ("datacontenttype", "dataschema", "subject", "time")
 _PROTOCOL = "cloudevents"
 
-_decode = msgspec.json.Decoder().decode
+_decode = depth_limited(msgspec.json.Decoder().decode)
 
 
 class CloudEventsSpec(RouteSpec, tag="cloudevents", kw_only=True):
@@ -232,6 +234,9 @@ class CloudEventsRoute(Route):
                 # No datacontenttype: JSON when it parses (what SDKs send), else text, else bytes.
                 try:
                     payload = _decode(body)
+                except TooDeep as exc:
+                    # JSON, by the look of it, but deeper than any JSON is taken: refused like the rest.
+                    raise Malformed("bad_json", f"the body is not valid JSON: {exc}") from None
                 except msgspec.DecodeError:
                     payload, encoding = _text_or_base64(body)
             elif _is_text(media_type):

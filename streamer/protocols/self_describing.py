@@ -6,7 +6,8 @@ Example::
       - type: self_describing
         path: /events
 
-A body that is not JSON gets 400. An item that is JSON but not self-describing
+A body that is not JSON, or nests arrays and objects more than 128 levels deep
+(``streamer.core.nesting.MAX_JSON_DEPTH``), gets 400 ``bad_json``. An item that is JSON but not self-describing
 is kept: it goes to the invalid route with an error saying what is missing. The
 response is ``200 {"received": n, "invalid": k}`` once every required sink holds
 the events.
@@ -19,6 +20,7 @@ from typing import Annotated, Any
 import msgspec
 
 from streamer.core.envelope import Envelope, fill_self_describing, new_event_id, utc_now
+from streamer.core.nesting import depth_limited
 from streamer.http.messages import Request, Response, error_response
 from streamer.http.routes import Accepted, Handler, Ingest, Route, RouteSpec, received
 
@@ -36,7 +38,7 @@ class SelfDescribingSpec(RouteSpec, tag="self_describing", kw_only=True):
     ] = "contexts"
 
 
-_decode = msgspec.json.Decoder().decode
+_decode = depth_limited(msgspec.json.Decoder().decode)
 _PROTOCOL = "self_describing"
 
 

@@ -27,7 +27,7 @@ The body becomes the payload, by ``Content-Type``: JSON (``application/json``,
 ``*/*+json``) as its value; a form (``application/x-www-form-urlencoded``) as an
 object of strings, a repeated field becoming a list of strings; text
 (``text/*``, XML, or no content type) as a string. Other media types get 415, an
-empty body 400, a JSON body that does not parse 400. One request is one event;
+empty body 400, a JSON body that does not parse (or nests more than 128 levels deep) 400. One request is one event;
 the answer is ``200 {"received": 1, "invalid": 0|1}`` once every required sink
 holds it. The query string is never recorded: senders often put tokens there.
 """
@@ -44,6 +44,7 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from streamer.core.envelope import Envelope, Source, new_event_id, set_schema, utc_now
+from streamer.core.nesting import depth_limited
 from streamer.http.messages import Request, Response, error_response
 from streamer.http.routes import Accepted, Handler, Ingest, Route, RouteSpec, received
 from streamer.registry.builtin import WEBHOOK_SCHEMA
@@ -69,7 +70,7 @@ SchemaUri = Annotated[
     ),
 ]
 
-_decode = msgspec.json.Decoder().decode
+_decode = depth_limited(msgspec.json.Decoder().decode)
 
 
 class SecretHeader(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

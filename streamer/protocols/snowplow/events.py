@@ -52,6 +52,7 @@ from streamer.core.envelope import (
     new_event_ids,
     schema_parts,
 )
+from streamer.core.nesting import MAX_JSON_DEPTH, depth_limited
 from streamer.http.cookie import NETWORK_USER_ID
 
 __all__ = [
@@ -115,8 +116,10 @@ class _Contexts(msgspec.Struct):
     data: list[SelfDescribing]
 
 
-_decode_unstruct = msgspec.json.Decoder(_Unstruct).decode
-_decode_contexts = msgspec.json.Decoder(_Contexts).decode
+_decode_unstruct = depth_limited(msgspec.json.Decoder(_Unstruct).decode)
+_decode_contexts = depth_limited(msgspec.json.Decoder(_Contexts).decode)
+_decode_unstruct_unchecked = msgspec.json.Decoder(_Unstruct).decode
+_decode_contexts_unchecked = msgspec.json.Decoder(_Contexts).decode
 
 
 _PAD = ("", "===", "==", "=")  # by len(text) % 4; 1 leaves a length a2b_base64 refuses
@@ -323,8 +326,12 @@ class EventBuilder:
             cx = fields.get("cx")
             if cx is not None:
                 try:
-                    wrapper = _decode_contexts(
-                        a2b(cx + _PAD[len(cx) & 3])
+                    raw = a2b(cx + _PAD[len(cx) & 3])
+                    # More opening brackets than the nesting limit: build() checks the depth.
+                    wrapper = (
+                        _decode_contexts_unchecked(raw)
+                        if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH
+                        else None
                     )
                 except (ValueError, msgspec.DecodeError):
                     wrapper = None
@@ -339,8 +346,11 @@ class EventBuilder:
                     append(build(fields, source, now))
                     continue
                 try:
-                    unstruct = _decode_unstruct(
-                        a2b(ue + _PAD[len(ue) & 3])
+                    raw = a2b(ue + _PAD[len(ue) & 3])
+                    unstruct = (
+                        _decode_unstruct_unchecked(raw)
+                        if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH
+                        else None
                     )
                 except (ValueError, msgspec.DecodeError):
                     unstruct = None

@@ -37,6 +37,7 @@ import msgspec
 
 from streamer.core.config import PathT
 from streamer.core.envelope import Envelope, ErrorDetail, SelfDescribing, Source, utc_now
+from streamer.core.nesting import depth_limited
 from streamer.core.registry import InvalidSchemaURI, SchemaKey
 from streamer.http.messages import Request, Response, error_response
 from streamer.http.routes import Accepted, Handler, Ingest, Route, RouteSpec
@@ -126,8 +127,8 @@ class _PayloadData(msgspec.Struct):
     data: list[dict[str, str]]
 
 
-_decode_payload = msgspec.json.Decoder(_PayloadData).decode
-_decode_any = msgspec.json.Decoder().decode
+_decode_payload = depth_limited(msgspec.json.Decoder(_PayloadData).decode)
+_decode_any = depth_limited(msgspec.json.Decoder().decode)
 _encode = msgspec.json.encode
 
 
