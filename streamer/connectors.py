@@ -13,6 +13,9 @@ BUILTIN: dict[str, dict[str, str]] = {
         "http": "streamer.inputs.http:HttpInput",
         "file": "streamer.inputs.file:FileInput",
         "stdin": "streamer.inputs.stdin:StdinInput",
+        "mongo_change_stream": "streamer.mongo.change_stream:MongoChangeStreamInput",
+        "postgres_cdc": "streamer.postgres.cdc:PostgresCdcInput",
+        "kafka": "streamer.kafka.input:KafkaInput",
     },
     "processor": {
         "decode": "streamer.processors.decode:Decode",
@@ -23,12 +26,14 @@ BUILTIN: dict[str, dict[str, str]] = {
         "stdout": "streamer.sinks.stdout:StdoutSink",
         "file": "streamer.sinks.file:FileSink",
         "blackhole": "streamer.sinks.blackhole:BlackholeSink",
+        "postgres": "streamer.postgres.sink:PostgresSink",
+        "kafka": "streamer.kafka.sink:KafkaSink",
     },
     "repository": {
         "file": "streamer.registry.file:FileRepository",
         "http": "streamer.registry.http:HttpRepository",
-        "s3": "streamer.registry.s3:S3Repository",
-        "postgres": "streamer.registry.postgres:PostgresRepository",
+        "s3": "streamer.aws.registry:S3Repository",
+        "postgres": "streamer.postgres.registry:PostgresRepository",
         "builtin": "streamer.registry.builtin:BuiltinRepository",
     },
     "route": {

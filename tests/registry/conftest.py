@@ -159,18 +159,5 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-@pytest.fixture
-def postgres_dsn() -> str:
-    try:
-        import asyncpg  # noqa: F401
-    except ImportError:
-        need_service(False, "asyncpg", "pip install 'streamer[postgres]'")
-    need_service(
-        port_open("127.0.0.1", 5432),
-        "PostgreSQL on 127.0.0.1:5432 (database test, user postgres, trust auth)",
-        "start a local PostgreSQL with a `test` database",
-    )
-    return PG_DSN

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from streamer.core.registry import RepositoryUnavailable, SchemaKey, SchemaNotFound, SchemaResolver
-from streamer.registry.postgres import PostgresRepository, PostgresRepositorySpec
+from streamer.postgres.registry import PostgresRepository, PostgresRepositorySpec
 from tests.registry.conftest import free_port, object_schema
 
 pytestmark = [pytest.mark.anyio, pytest.mark.services]
@@ -22,17 +22,6 @@ KEY = SchemaKey.parse(URI)
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-async def db(postgres_dsn: str) -> AsyncIterator[Any]:
-    import asyncpg
-
-    connection = await asyncpg.connect(postgres_dsn)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from streamer.aws.registry import S3Repository, S3RepositorySpec
 from streamer.core.registry import RepositoryUnavailable, SchemaKey, SchemaNotFound, SchemaResolver
-from streamer.registry.s3 import S3Repository, S3RepositorySpec
 from tests.registry.conftest import free_port, object_schema
 
 pytestmark = [pytest.mark.anyio, pytest.mark.services]

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from streamer.aws.registry import S3Repository, S3RepositorySpec
 from streamer.core.registry import InvalidSchemaURI, SchemaKey, SchemaResolver
+from streamer.postgres.settings import quote_table
 from streamer.registry.file import FileRepository, FileRepositorySpec
 from streamer.registry.http import HttpRepository, HttpRepositorySpec
-from streamer.registry.postgres import quote_table
-from streamer.registry.s3 import S3Repository, S3RepositorySpec
 from tests.registry.conftest import object_schema, write_schema
 
 GOOD = "iglu:com.acme/checkout_done/jsonschema/1-0-12"

@@ -7,7 +7,8 @@ makes the repository unavailable for that lookup. S3 answers 403 rather than 404
 for a missing key when the credentials lack ``s3:ListBucket``: grant it so that
 unknown schemas are reported as missing, not as a registry problem.
 
-Credentials come from the usual AWS chain (environment, profile, instance role).
+Credentials come from the usual AWS chain (environment, profile, instance role) unless the
+repository names a ``profile`` or keys (see :mod:`streamer.aws.settings`).
 Uses aiobotocore, so it runs on asyncio only.
 
 Example::
@@ -30,6 +31,16 @@ from typing import Annotated, Any
 import anyio
 import msgspec
 
+from streamer.aws.settings import (
+    AccessKeyId,
+    AwsConnection,
+    EndpointUrl,
+    Profile,
+    Region,
+    SecretAccessKey,
+    SessionToken,
+    open_client,
+)
 from streamer.core.components import ASYNCIO_ONLY
 from streamer.core.config import PathT
 from streamer.core.registry import Repository, RepositorySpec, RepositoryUnavailable, SchemaKey
@@ -53,19 +64,16 @@ class S3RepositorySpec(RepositorySpec, tag="s3", kw_only=True):
     ] = ""
     suffix: Annotated[
         str,
-        msgspec.Meta(description="Appended to each key, for buckets that store `.json` objects.",
-                     examples=["", ".json"]),
-    ] = ""
-    region: Annotated[
-        str | None, msgspec.Meta(description="AWS region; default from the environment.", examples=["eu-west-1"])
-    ] = None
-    endpoint_url: Annotated[
-        str | None,
         msgspec.Meta(
-            description="Endpoint of an S3-compatible store (MinIO, moto, LocalStack); default: AWS.",
-            examples=["http://127.0.0.1:9000"],
+            description="Appended to each key, for buckets that store `.json` objects.", examples=["", ".json"]
         ),
-    ] = None
+    ] = ""
+    region: Region = None
+    endpoint_url: EndpointUrl = None
+    profile: Profile = None
+    access_key_id: AccessKeyId = None
+    secret_access_key: SecretAccessKey = None
+    session_token: SessionToken = None
     timeout: Annotated[
         float, msgspec.Meta(gt=0, description="Seconds allowed to connect and to read each answer.", examples=[5])
     ] = 5.0
@@ -73,7 +81,22 @@ class S3RepositorySpec(RepositorySpec, tag="s3", kw_only=True):
         int, msgspec.Meta(ge=0, description="Retries of a failed request (botocore standard mode).", examples=[2])
     ] = 2
 
+    def connection(self) -> AwsConnection:
+        return AwsConnection(
+            region=self.region,
+            endpoint_url=self.endpoint_url,
+            profile=self.profile,
+            access_key_id=self.access_key_id,
+            secret_access_key=self.secret_access_key,
+            session_token=self.session_token,
+        )
+
     def check(self) -> Iterator[tuple[PathT, str]]:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            yield (
+                ("access_key_id" if self.access_key_id is None else "secret_access_key",),
+                ("give both `access_key_id` and `secret_access_key`, or neither (the AWS credential chain)"),
+            )
         if self.prefix.startswith("/") or ".." in self.prefix.split("/"):
             yield ("prefix",), "`prefix` must be relative (no leading '/') and may not contain '..'"
         if self.suffix and not all(c.isalnum() or c in "._-" for c in self.suffix):
@@ -106,21 +129,11 @@ class S3Repository(Repository):
     async def _ensure_client(self) -> Any:
         async with self._lock:
             if self._client is None:
-                from aiobotocore.config import AioConfig
-                from aiobotocore.session import get_session
-
                 spec = self.spec
-                config = AioConfig(
-                    connect_timeout=spec.timeout,
-                    read_timeout=spec.timeout,
-                    retries={"max_attempts": spec.retries + 1, "mode": "standard"},
-                )
                 stack = AsyncExitStack()
                 try:
-                    self._client = await stack.enter_async_context(
-                        get_session().create_client(
-                            "s3", region_name=spec.region, endpoint_url=spec.endpoint_url, config=config
-                        )
+                    self._client = await open_client(
+                        spec.connection(), "s3", stack, timeout=spec.timeout, retries=spec.retries
                     )
                 except Exception as exc:
                     await stack.aclose()

@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -36,30 +35,26 @@ import msgspec
 from streamer.core.components import ASYNCIO_ONLY
 from streamer.core.config import PathT
 from streamer.core.registry import Repository, RepositorySpec, RepositoryUnavailable, SchemaKey
+from streamer.postgres.settings import (
+    Dsn,
+    PostgresConnection,
+    SslCert,
+    SslKey,
+    SslMode,
+    SslRootCert,
+    check_connection,
+    create_pool,
+    describe,
+    quote_table,
+)
 
-__all__ = ["PostgresRepository", "PostgresRepositorySpec", "quote_table"]
-
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
-
-
-def quote_table(table: str) -> str:
-    """``name`` or ``schema.name`` as a quoted SQL identifier; raises ValueError for anything else."""
-    parts = table.split(".")
-    if not 1 <= len(parts) <= 2 or not all(_IDENTIFIER.fullmatch(p) for p in parts):
-        raise ValueError(f"{table!r} is not a table name; write name or schema.name (letters, digits, _)")
-    return ".".join(f'"{p}"' for p in parts)
+__all__ = ["PostgresRepository", "PostgresRepositorySpec"]
 
 
 class PostgresRepositorySpec(RepositorySpec, tag="postgres", kw_only=True):
     """A table of (uri, schema jsonb, created_at) in PostgreSQL."""
 
-    dsn: Annotated[
-        str,
-        msgspec.Meta(
-            description="libpq connection URI (the password is best given through PGPASSWORD or a variable).",
-            examples=["postgresql://streamer@127.0.0.1:5432/events", "${REGISTRY_DSN}"],
-        ),
-    ]
+    dsn: Dsn
     table: Annotated[
         str,
         msgspec.Meta(description="Table name, optionally schema-qualified.", examples=["iglu_schemas", "iglu.schemas"]),
@@ -71,14 +66,31 @@ class PostgresRepositorySpec(RepositorySpec, tag="postgres", kw_only=True):
         float,
         msgspec.Meta(gt=0, description="Seconds allowed to connect and for each query.", examples=[5]),
     ] = 5.0
+    ssl_mode: SslMode = None
+    ssl_root_cert: SslRootCert = None
+    ssl_cert: SslCert = None
+    ssl_key: SslKey = None
+
+    def connection(self) -> PostgresConnection:
+        """The shared connection settings: a pool of two, ``timeout`` to connect and per query."""
+        return PostgresConnection(
+            dsn=self.dsn,
+            pool_min_size=1,
+            pool_max_size=2,
+            connect_timeout=self.timeout,
+            statement_timeout=self.timeout,
+            ssl_mode=self.ssl_mode,
+            ssl_root_cert=self.ssl_root_cert,
+            ssl_cert=self.ssl_cert,
+            ssl_key=self.ssl_key,
+        )
 
     def check(self) -> Iterator[tuple[PathT, str]]:
         try:
             quote_table(self.table)
         except ValueError as exc:
             yield ("table",), str(exc)
-        if not self.dsn.startswith(("postgresql://", "postgres://")):
-            yield ("dsn",), "`dsn` must be a postgresql:// URI"
+        yield from check_connection(self.connection())
 
 
 class PostgresRepository(Repository):
@@ -110,22 +122,21 @@ class PostgresRepository(Repository):
             if self._pool is None:
                 import asyncpg
 
+                connection = self.spec.connection()
                 try:
-                    pool = await asyncpg.create_pool(
-                        self.spec.dsn,
-                        min_size=1,
-                        max_size=2,
-                        timeout=self.spec.timeout,
-                        command_timeout=self.spec.timeout,
-                    )
+                    pool = await create_pool(connection)
                 except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    raise RepositoryUnavailable(f"cannot connect to PostgreSQL: {_describe(exc)}") from exc
+                    raise RepositoryUnavailable(
+                        f"cannot connect to PostgreSQL at {connection.where}: {describe(exc, connection.dsn)}"
+                    ) from exc
                 if self.spec.create_table:
                     try:
                         await pool.execute(self.create_statement())
                     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                         await pool.close()
-                        raise RepositoryUnavailable(f"cannot create table {self.table}: {_describe(exc)}") from exc
+                        raise RepositoryUnavailable(
+                            f"cannot create table {self.table}: {describe(exc, self.spec.dsn)}"
+                        ) from exc
                 self._pool = pool
             return self._pool
 
@@ -148,13 +159,8 @@ class PostgresRepository(Repository):
                 f"table {self.table} does not exist; create it or set create_table: true"
             ) from exc
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise RepositoryUnavailable(f"query on {self.table} failed: {_describe(exc)}") from exc
+            raise RepositoryUnavailable(f"query on {self.table} failed: {describe(exc, self.spec.dsn)}") from exc
         if row is None:
             return None
         text: str = row
         return text.encode()
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
