@@ -195,3 +195,9 @@ def test_gc_threshold_defaults_and_zero_keeps_pythons_collector() -> None:
 
 def test_negative_gc_threshold_is_refused() -> None:
     assert any("gc_threshold" in p or ">= 0" in p for p in problems("runtime:\n  gc_threshold: -1\n" + MINIMAL))
+
+
+def test_an_unquoted_yaml_timestamp_reads_as_its_iso_text() -> None:
+    # YAML makes these timestamps and dates; a datetime field parses the text, a string field keeps it.
+    document = load_document("at: 2026-01-01T02:00:00+02:00\nday: 2026-01-01\nname: events\n", "test.yml")
+    assert document.data == {"at": "2026-01-01T02:00:00+02:00", "day": "2026-01-01", "name": "events"}

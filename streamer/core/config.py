@@ -8,6 +8,7 @@ msgspec or from a connector's own checks, can point at the text.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import os
 import re
@@ -116,6 +117,10 @@ def _plain(node: Any, path: PathT, document: Document) -> Any:
         return int(node)
     if isinstance(node, float):
         return float(node)
+    if isinstance(node, datetime.date):
+        # YAML reads an unquoted 2026-01-01T00:00:00Z as a timestamp (ruamel's TimeStamp, which msgspec does
+        # not know); its ISO text converts to a datetime field and stays text in a string field.
+        return node.isoformat()
     return node
 
 
